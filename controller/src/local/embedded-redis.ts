@@ -1,0 +1,118 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { ConfigError, type Logger } from '@llmux/shared';
+
+/** A free TCP port on 127.0.0.1, as the kernel hands it out. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Whether a Redis answers PING at `url` within `timeoutMs`. */
+export async function redisAnswers(url: string, timeoutMs = 1000): Promise<boolean> {
+  const r = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    connectTimeout: timeoutMs,
+    retryStrategy: () => null,
+  });
+  r.on('error', () => {});
+  try {
+    await r.connect();
+    await r.ping();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    r.disconnect();
+  }
+}
+
+/** A redis-server child process with no persistence, in a temporary folder. */
+export class EmbeddedRedis {
+  private constructor(
+    readonly url: string,
+    private readonly child: ChildProcess,
+    private readonly dir: string,
+  ) {}
+
+  /** Starts `redis-server` on a free port and resolves once it answers. */
+  static async start(bin = 'redis-server'): Promise<EmbeddedRedis> {
+    const port = await freePort();
+    const dir = await mkdtemp(join(tmpdir(), 'llmux-redis-'));
+    const child = spawn(
+      bin,
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--loglevel', 'warning'],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    );
+    const url = `redis://127.0.0.1:${port}`;
+    const failed = new Promise<never>((_, reject) => {
+      child.once('error', (err) => reject(new ConfigError(`cannot start ${bin}: ${err.message}`)));
+      child.once('exit', (code) => reject(new ConfigError(`${bin} exited with code ${code} at start`)));
+    });
+    failed.catch(() => {});
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const up = await Promise.race([redisAnswers(url, 200), failed]);
+      if (up) break;
+      if (Date.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new ConfigError(`${bin} did not answer on port ${port} within 10 s`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.removeAllListeners('exit');
+    return new EmbeddedRedis(url, child, dir);
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** Stops the server (SIGTERM, SIGKILL after 5 s) and removes its folder. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const exited = new Promise((r) => this.child.once('exit', r));
+      this.child.kill('SIGTERM');
+      const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The Redis to use: `url` if it answers; otherwise, when allowed and the URL
+ * is the local default, a private redis-server started for this run.
+ */
+export async function ensureRedis(
+  url: string,
+  opts: { allowEmbedded: boolean; logger: Logger },
+): Promise<{ url: string; embedded: EmbeddedRedis | null }> {
+  if (await redisAnswers(url)) return { url, embedded: null };
+  const host = new URL(url).hostname;
+  const local = ['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host);
+  if (!opts.allowEmbedded || !local) {
+    throw new ConfigError(`no Redis answers at ${url} (set REDIS_URL, or start redis-server)`);
+  }
+  const embedded = await EmbeddedRedis.start().catch((err: unknown) => {
+    throw new ConfigError(
+      `no Redis answers at ${url} and a private one could not be started (${(err as Error).message}); install redis-server or set REDIS_URL`,
+    );
+  });
+  opts.logger.warn({ url: embedded.url }, `no Redis at ${url}; started a private redis-server at ${embedded.url}`);
+  return { url: embedded.url, embedded };
+}

@@ -1,0 +1,237 @@
+import type { ServerResponse } from 'node:http';
+import type { DoneEvent, FinishReason } from '@llmux/shared';
+import { ApiError, type OpenAIErrorType } from '@llmux/shared';
+
+/**
+ * Where a request's events go: one implementation per response format. The
+ * per-token path is plain string concatenation and one `res.write` per event;
+ * JSON.stringify runs only on the text itself.
+ */
+export interface Sink {
+  /** Called once when the request is admitted (enqueued). */
+  open(): void;
+  tokens(text: string, n: number): void;
+  done(ev: DoneEvent): void;
+  error(status: number, code: string, message: string): void;
+}
+
+export interface SinkContext {
+  res: ServerResponse;
+  /** Completion id (`chatcmpl-…` / `cmpl-…`), also the request id. */
+  id: string;
+  model: string;
+  /** Unix seconds. */
+  created: number;
+  includeUsage: boolean;
+}
+
+const usageJson = (ev: DoneEvent) =>
+  `{"prompt_tokens":${ev.promptTokens},"completion_tokens":${ev.completionTokens},"total_tokens":${ev.promptTokens + ev.completionTokens}}`;
+
+export function errorType(status: number): OpenAIErrorType {
+  if (status === 429) return 'rate_limit_error';
+  if (status === 503) return 'service_unavailable_error';
+  if (status === 504) return 'timeout_error';
+  if (status >= 500) return 'server_error';
+  return 'invalid_request_error';
+}
+
+/** Writes an OpenAI error body with a status (before any header was sent). */
+export function sendError(res: ServerResponse, err: ApiError, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(err.toBody());
+  res.writeHead(err.status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    ...headers,
+  });
+  res.end(body);
+}
+
+const SSE_HEADERS = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache',
+  connection: 'keep-alive',
+  'x-accel-buffering': 'no',
+};
+
+abstract class SseSink implements Sink {
+  protected readonly prefix: string;
+  protected readonly suffix: string;
+  constructor(protected readonly c: SinkContext) {
+    const usage = c.includeUsage ? ',"usage":null' : '';
+    [this.prefix, this.suffix] = this.frame(usage);
+  }
+
+  /** The text before and after a chunk's JSON-encoded content. */
+  protected abstract frame(usage: string): [string, string];
+  protected abstract finalChunk(finish: FinishReason): string;
+  protected abstract usageChunk(ev: DoneEvent): string;
+  protected abstract firstChunk(): string | null;
+
+  open(): void {
+    this.c.res.writeHead(200, { ...SSE_HEADERS, 'x-request-id': this.c.id });
+    this.c.res.socket?.setNoDelay(true);
+    const first = this.firstChunk();
+    this.c.res.write(first ?? ': ok\n\n');
+  }
+
+  tokens(text: string): void {
+    if (text) this.c.res.write(this.prefix + JSON.stringify(text) + this.suffix);
+  }
+
+  done(ev: DoneEvent): void {
+    let out = this.finalChunk(ev.finish);
+    if (this.c.includeUsage) out += this.usageChunk(ev);
+    this.c.res.end(out + 'data: [DONE]\n\n');
+  }
+
+  error(status: number, code: string, message: string): void {
+    const err = new ApiError(status, message, errorType(status), code);
+    this.c.res.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
+  }
+}
+
+/** `chat.completion.chunk` events, framed exactly as OpenAI does. */
+export class ChatSseSink extends SseSink {
+  private head(): string {
+    return `{"id":"${this.c.id}","object":"chat.completion.chunk","created":${this.c.created},"model":${JSON.stringify(this.c.model)},"system_fingerprint":null,"choices":[`;
+  }
+  protected frame(usage: string): [string, string] {
+    return [`data: ${this.head()}{"index":0,"delta":{"content":`, `},"logprobs":null,"finish_reason":null}]${usage}}\n\n`];
+  }
+  protected firstChunk(): string {
+    const usage = this.c.includeUsage ? ',"usage":null' : '';
+    return `data: ${this.head()}{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]${usage}}\n\n`;
+  }
+  protected finalChunk(finish: FinishReason): string {
+    const usage = this.c.includeUsage ? ',"usage":null' : '';
+    return `data: ${this.head()}{"index":0,"delta":{},"logprobs":null,"finish_reason":"${finish}"}]${usage}}\n\n`;
+  }
+  protected usageChunk(ev: DoneEvent): string {
+    return `data: ${this.head()}],"usage":${usageJson(ev)}}\n\n`;
+  }
+}
+
+/** `text_completion` events of the legacy completions API. */
+export class CompletionSseSink extends SseSink {
+  private head(): string {
+    return `{"id":"${this.c.id}","object":"text_completion","created":${this.c.created},"model":${JSON.stringify(this.c.model)},"system_fingerprint":null,"choices":[`;
+  }
+  protected frame(usage: string): [string, string] {
+    return [`data: ${this.head()}{"index":0,"text":`, `,"logprobs":null,"finish_reason":null}]${usage}}\n\n`];
+  }
+  protected firstChunk(): null {
+    return null;
+  }
+  protected finalChunk(finish: FinishReason): string {
+    const usage = this.c.includeUsage ? ',"usage":null' : '';
+    return `data: ${this.head()}{"index":0,"text":"","logprobs":null,"finish_reason":"${finish}"}]${usage}}\n\n`;
+  }
+  protected usageChunk(ev: DoneEvent): string {
+    return `data: ${this.head()}],"usage":${usageJson(ev)}}\n\n`;
+  }
+}
+
+/** Non-streaming: collects the text and answers with one JSON body. */
+export class JsonSink implements Sink {
+  private text = '';
+  constructor(
+    private readonly c: SinkContext,
+    private readonly kind: 'chat' | 'completion',
+  ) {}
+
+  open(): void {}
+
+  tokens(text: string): void {
+    this.text += text;
+  }
+
+  done(ev: DoneEvent): void {
+    const usage = {
+      prompt_tokens: ev.promptTokens,
+      completion_tokens: ev.completionTokens,
+      total_tokens: ev.promptTokens + ev.completionTokens,
+    };
+    const body =
+      this.kind === 'chat'
+        ? {
+            id: this.c.id,
+            object: 'chat.completion',
+            created: this.c.created,
+            model: this.c.model,
+            system_fingerprint: null,
+            choices: [
+              {
+                index: 0,
+                message: { role: 'assistant', content: this.text, refusal: null },
+                logprobs: null,
+                finish_reason: ev.finish,
+              },
+            ],
+            usage,
+          }
+        : {
+            id: this.c.id,
+            object: 'text_completion',
+            created: this.c.created,
+            model: this.c.model,
+            system_fingerprint: null,
+            choices: [{ index: 0, text: this.text, logprobs: null, finish_reason: ev.finish }],
+            usage,
+          };
+    const json = JSON.stringify(body);
+    this.c.res.writeHead(200, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(json),
+      'x-request-id': this.c.id,
+    });
+    this.c.res.end(json);
+  }
+
+  error(status: number, code: string, message: string): void {
+    sendError(this.c.res, new ApiError(status, message, errorType(status), code), { 'x-request-id': this.c.id });
+  }
+}
+
+/**
+ * The plain route: text as HTTP/1.1 chunked body. Headers wait for the first
+ * token so an error before it still gets a real status; an error after it
+ * cuts the connection, which chunked clients (curl) report as truncated.
+ */
+export class PlainTextSink implements Sink {
+  private started = false;
+  constructor(private readonly c: SinkContext) {}
+
+  open(): void {}
+
+  private start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.c.res.writeHead(200, {
+      'content-type': 'text/plain; charset=utf-8',
+      'cache-control': 'no-cache',
+      'x-accel-buffering': 'no',
+      'x-request-id': this.c.id,
+    });
+    this.c.res.socket?.setNoDelay(true);
+  }
+
+  tokens(text: string): void {
+    if (!text) return;
+    this.start();
+    this.c.res.write(text);
+  }
+
+  done(): void {
+    this.start();
+    this.c.res.end();
+  }
+
+  error(status: number, code: string, message: string): void {
+    if (this.started) {
+      this.c.res.destroy();
+      return;
+    }
+    sendError(this.c.res, new ApiError(status, message, errorType(status), code), { 'x-request-id': this.c.id });
+  }
+}

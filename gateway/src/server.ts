@@ -1,0 +1,158 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import {
+  Cancellation,
+  createBlockingRedis,
+  createRedis,
+  DeploymentRegistry,
+  Keys,
+  ReplyReader,
+  RequestQueue,
+  WorkerRegistry,
+  type GatewayConfig,
+  type Logger,
+  type Redis,
+} from '@llmux/shared';
+import { createApp } from './app.js';
+import { ModelCatalog } from './catalog.js';
+import type { GatewayContext } from './context.js';
+import { Dispatcher } from './relay/dispatcher.js';
+
+export interface GatewayOptions {
+  config: GatewayConfig;
+  logger: Logger;
+  /** How long close() lets open requests finish. Default 10000 ms. */
+  drainTimeoutMs?: number;
+}
+
+export type GatewayState = 'starting' | 'ready' | 'closing' | 'closed';
+
+/** How often the gateway refreshes its liveness key and its reply stream's TTL. */
+const ALIVE_INTERVAL_MS = 5000;
+const ALIVE_TTL_MS = 30_000;
+/** A dead gateway's reply stream expires this long after its last refresh. */
+const REPLY_STREAM_TTL_MS = 120_000;
+
+/**
+ * The HTTP gateway: validates and admits requests, enqueues them on their
+ * model's stream, and relays token events from its own reply stream. Holds no
+ * state another gateway could not rebuild from Redis.
+ */
+export class Gateway {
+  state: GatewayState = 'starting';
+  private readonly redis: Redis;
+  private readonly blocking: Redis;
+  private readonly reader: ReplyReader;
+  private readonly ctx: GatewayContext;
+  private readonly server: Server;
+  private readonly keys: Keys;
+  private aliveTimer: NodeJS.Timeout | null = null;
+  private catalogTimer: NodeJS.Timeout | null = null;
+  private closing: Promise<void> | null = null;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: GatewayOptions) {
+    const c = opts.config;
+    this.log = opts.logger.child({ gateway: c.gatewayId });
+    this.keys = new Keys(c.keyPrefix);
+    this.redis = createRedis(c.redisUrl, { failFast: true, name: `gateway:${c.gatewayId}` });
+    this.blocking = createBlockingRedis(c.redisUrl, `gateway:${c.gatewayId}:replies`);
+    for (const conn of [this.redis, this.blocking]) conn.on('error', (err) => this.log.debug({ err }, 'redis error'));
+    const queue = new RequestQueue(this.redis, this.keys);
+    const dispatcher = new Dispatcher(queue, new Cancellation(this.redis, this.keys), c.gatewayId, this.log);
+    this.reader = new ReplyReader(this.blocking, this.keys.replies(c.gatewayId), {
+      onEvent: (ev) => dispatcher.onEvent(ev),
+      onError: (err) => this.log.warn({ err }, 'reply stream read failed'),
+      onMalformed: (id) => this.log.warn({ id }, 'malformed reply event skipped'),
+    });
+    this.ctx = {
+      config: c,
+      log: this.log,
+      redis: this.redis,
+      catalog: new ModelCatalog(new DeploymentRegistry(this.redis, this.keys), this.log),
+      dispatcher,
+      workers: new WorkerRegistry(this.redis, this.keys),
+    };
+    this.server = createServer({ keepAliveTimeout: 65_000 }, createApp(this.ctx));
+  }
+
+  /** Connects to Redis (or keeps trying in the background) and starts listening. */
+  async start(): Promise<void> {
+    const c = this.opts.config;
+    try {
+      await Promise.all([this.redis.connect(), this.blocking.connect()]);
+    } catch (err) {
+      this.log.warn({ err }, 'Redis is not reachable yet; requests get 503 until it is');
+    }
+    this.reader.start();
+    await this.ctx.catalog.refresh().catch((err: unknown) => this.log.warn({ err }, 'could not load deployments'));
+    this.catalogTimer = setInterval(() => this.ctx.catalog.refresh().catch(() => {}), 5000);
+    this.aliveTimer = setInterval(() => void this.alive(), ALIVE_INTERVAL_MS);
+    void this.alive();
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ port: c.port, host: c.host, backlog: 4096 }, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.state = 'ready';
+    this.log.info({ url: this.url }, 'gateway listening');
+  }
+
+  private async alive(): Promise<void> {
+    const id = this.opts.config.gatewayId;
+    try {
+      await Promise.all([
+        this.redis.set(this.keys.gatewayAlive(id), String(Date.now()), 'PX', ALIVE_TTL_MS),
+        this.redis.pexpire(this.keys.replies(id), REPLY_STREAM_TTL_MS),
+      ]);
+    } catch (err) {
+      this.log.debug({ err }, 'liveness refresh failed');
+    }
+  }
+
+  /** The base URL the gateway listens on. */
+  get url(): string {
+    const a = this.server.address() as AddressInfo | null;
+    if (!a) return '';
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return `http://${host}:${a.port}`;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo | null)?.port ?? 0;
+  }
+
+  /** Open requests. */
+  get inflight(): number {
+    return this.ctx.dispatcher.size;
+  }
+
+  /**
+   * Stops accepting, lets open requests finish for up to `drainTimeoutMs`,
+   * ends the rest with an error event, then closes connections. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.state = 'closing';
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const deadline = Date.now() + (this.opts.drainTimeoutMs ?? 10_000);
+    while (this.ctx.dispatcher.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    this.ctx.dispatcher.failAll(503, 'gateway_shutdown', 'The gateway shut down before the request finished; retry it.');
+    this.server.closeAllConnections();
+    await closed;
+    for (const t of [this.aliveTimer, this.catalogTimer]) if (t) clearInterval(t);
+    this.blocking.disconnect();
+    await this.reader.stop();
+    await this.redis.quit().catch(() => this.redis.disconnect());
+    this.state = 'closed';
+  }
+}

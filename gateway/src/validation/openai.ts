@@ -1,0 +1,235 @@
+import { z } from 'zod';
+import { formatPath, InvalidRequestError, type ChatMessage, type JobParams } from '@llmux/shared';
+
+/**
+ * Request validation for the OpenAI-compatible routes. Honoured fields are
+ * typed and bounded; fields OpenAI defines but this server cannot honour are
+ * refused with a 400 that names them; unknown fields are refused as OpenAI
+ * does ("Unrecognized request argument supplied").
+ */
+
+const MAX_MESSAGES = 4096;
+const MAX_STOP = 16;
+const MAX_TOKENS_CAP = 1_000_000;
+
+const nullish = <T extends z.ZodType>(t: T) => t.nullable().optional();
+
+const stopSchema = nullish(
+  z.union([z.string().max(512), z.array(z.string().min(1).max(512)).max(MAX_STOP, `at most ${MAX_STOP} stop sequences`)]),
+);
+
+const textPart = z.object({ type: z.literal('text'), text: z.string() });
+const contentSchema = z.union([
+  z.string(),
+  z.array(
+    z.object({ type: z.string() }).loose().superRefine((p, ctx) => {
+      if (p.type !== 'text') ctx.addIssue({ code: 'custom', message: `content parts of type "${p.type}" are not supported; send text` });
+      else if (!textPart.safeParse(p).success) ctx.addIssue({ code: 'custom', message: 'a text part needs a "text" string' });
+    }),
+  ),
+  z.null(),
+]);
+
+const messageSchema = z
+  .object({
+    role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    content: contentSchema.optional(),
+    name: z.string().max(256).optional(),
+    tool_call_id: z.string().optional(),
+  })
+  .loose()
+  .superRefine((m, ctx) => {
+    const rest = m as Record<string, unknown>;
+    if (rest.tool_calls !== undefined || rest.function_call !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['tool_calls'], message: 'tool calls are not supported' });
+    }
+  });
+
+/** Fields shared by both APIs. */
+const sampling = {
+  model: z.string().min(1).max(256),
+  temperature: nullish(z.number().min(0).max(2)),
+  top_p: nullish(z.number().min(0).max(1)),
+  stop: stopSchema,
+  seed: nullish(z.number().int().min(-(2 ** 53)).max(2 ** 53)),
+  stream: nullish(z.boolean()),
+  stream_options: nullish(z.object({ include_usage: z.boolean().optional() }).strict()),
+  n: nullish(z.number().int().min(1).max(1, 'n > 1 is not supported; send one request per completion')),
+  presence_penalty: nullish(z.number().min(-2).max(2)),
+  frequency_penalty: nullish(z.number().min(-2).max(2)),
+  max_tokens: nullish(z.number().int().min(1).max(MAX_TOKENS_CAP)),
+  user: nullish(z.string().max(512)),
+  logit_bias: nullish(
+    z.record(z.string(), z.number()).refine((o) => Object.keys(o).length === 0, 'logit_bias is not supported'),
+  ),
+  logprobs: nullish(z.union([z.boolean(), z.number()]).refine((v) => !v, 'logprobs are not supported')),
+  metadata: nullish(z.record(z.string(), z.string())),
+  store: nullish(z.boolean()),
+  service_tier: nullish(z.string()),
+};
+
+const unsupported = (what: string) => nullish(z.any().refine((v) => v === undefined || v === null, `${what} are not supported`));
+
+export const chatRequestSchema = z.strictObject({
+  ...sampling,
+  messages: z.array(messageSchema).min(1, 'messages must not be empty').max(MAX_MESSAGES),
+  max_completion_tokens: nullish(z.number().int().min(1).max(MAX_TOKENS_CAP)),
+  top_logprobs: nullish(z.number().int().refine((v) => v === 0, 'top_logprobs are not supported')),
+  response_format: nullish(
+    z.object({ type: z.string() }).loose().refine((f) => f.type === 'text', 'only response_format {"type":"text"} is supported'),
+  ),
+  tools: nullish(z.array(z.unknown()).max(0, 'tools are not supported')),
+  tool_choice: nullish(z.literal('none', 'tool_choice is not supported')),
+  parallel_tool_calls: nullish(z.boolean()),
+  functions: unsupported('functions'),
+  function_call: unsupported('function calls'),
+  audio: unsupported('audio outputs'),
+  modalities: nullish(z.array(z.literal('text', 'only the text modality is supported'))),
+  prediction: unsupported('predicted outputs'),
+  web_search_options: unsupported('web search options'),
+  reasoning_effort: unsupported('reasoning_effort settings'),
+});
+
+export const completionRequestSchema = z.strictObject({
+  ...sampling,
+  prompt: z.union([
+    z.string(),
+    z
+      .array(z.unknown())
+      .length(1, 'batched prompts are not supported; send one prompt per request')
+      .refine((a) => typeof a[0] === 'string', 'token-array prompts are not supported; send text'),
+  ]),
+  best_of: nullish(z.number().int().min(1).max(1, 'best_of > 1 is not supported')),
+  echo: nullish(z.boolean().refine((v) => !v, 'echo is not supported')),
+  suffix: unsupported('suffixes'),
+});
+
+export type ChatRequest = z.infer<typeof chatRequestSchema>;
+export type CompletionRequest = z.infer<typeof completionRequestSchema>;
+
+/** What the gateway needs from a valid request besides the job parameters. */
+export interface ParsedRequest {
+  model: string;
+  stream: boolean;
+  includeUsage: boolean;
+  /** The client's cap on generated tokens, if it gave one. */
+  maxTokens: number | undefined;
+  /** Job parameters but for maxTokens, which needs the deployment's default. */
+  params: Omit<JobParams, 'maxTokens'>;
+}
+
+function fail(error: z.ZodError): never {
+  const issue = error.issues[0]!;
+  if (issue.code === 'unrecognized_keys') {
+    const where = formatPath(issue.path);
+    const keys = issue.keys.map((k) => (where ? `${where}.${k}` : k));
+    throw new InvalidRequestError(`Unrecognized request argument supplied: ${keys.join(', ')}`, keys[0] ?? null);
+  }
+  const param = formatPath(issue.path) || null;
+  const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+  throw new InvalidRequestError(param ? `Invalid value for '${param}': ${message}` : message, param);
+}
+
+function requireObject(body: unknown): void {
+  if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new InvalidRequestError('The request body must be a JSON object.');
+  }
+}
+
+function stopList(stop: string | string[] | null | undefined): string[] | undefined {
+  if (stop === null || stop === undefined) return undefined;
+  const list = typeof stop === 'string' ? [stop] : stop;
+  return list.filter((s) => s.length > 0);
+}
+
+function messageText(content: z.infer<typeof contentSchema> | undefined): string {
+  if (content === undefined || content === null) return '';
+  if (typeof content === 'string') return content;
+  return content.map((p) => String(p.text)).join('');
+}
+
+const opt = <T>(v: T | null | undefined): T | undefined => (v === null ? undefined : v);
+
+/** Validates a chat completion body. */
+export function parseChatRequest(body: unknown): ParsedRequest {
+  requireObject(body);
+  const r = chatRequestSchema.safeParse(body);
+  if (!r.success) fail(r.error);
+  const b = r.data;
+  const messages: ChatMessage[] = b.messages.map((m) => ({ role: m.role, content: messageText(m.content) }));
+  return {
+    model: b.model,
+    stream: b.stream ?? false,
+    includeUsage: b.stream_options?.include_usage ?? false,
+    maxTokens: opt(b.max_completion_tokens) ?? opt(b.max_tokens),
+    params: {
+      kind: 'chat',
+      messages,
+      temperature: opt(b.temperature),
+      topP: opt(b.top_p),
+      stop: stopList(b.stop),
+      seed: opt(b.seed),
+      presencePenalty: opt(b.presence_penalty),
+      frequencyPenalty: opt(b.frequency_penalty),
+    },
+  };
+}
+
+/** OpenAI's legacy completions default to 16 tokens. */
+export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
+
+export function parseCompletionRequest(body: unknown): ParsedRequest {
+  requireObject(body);
+  const r = completionRequestSchema.safeParse(body);
+  if (!r.success) fail(r.error);
+  const b = r.data;
+  const prompt = typeof b.prompt === 'string' ? b.prompt : (b.prompt[0] as string);
+  return {
+    model: b.model,
+    stream: b.stream ?? false,
+    includeUsage: b.stream_options?.include_usage ?? false,
+    maxTokens: opt(b.max_tokens) ?? COMPLETIONS_DEFAULT_MAX_TOKENS,
+    params: {
+      kind: 'completion',
+      prompt,
+      temperature: opt(b.temperature),
+      topP: opt(b.top_p),
+      stop: stopList(b.stop),
+      seed: opt(b.seed),
+      presencePenalty: opt(b.presence_penalty),
+      frequencyPenalty: opt(b.frequency_penalty),
+    },
+  };
+}
+
+const plainQuerySchema = z.strictObject({
+  max_tokens: z.coerce.number().int().min(1).max(MAX_TOKENS_CAP).optional(),
+  temperature: z.coerce.number().min(0).max(2).optional(),
+  top_p: z.coerce.number().min(0).max(1).optional(),
+  seed: z.coerce.number().int().optional(),
+});
+
+/**
+ * The plain route: the body is the user's message as text; sampling options
+ * may come as query parameters (`?max_tokens=64&temperature=0`).
+ */
+export function parsePlainRequest(model: string, body: unknown, query: unknown): ParsedRequest {
+  if (typeof body !== 'string' || body.trim().length === 0) {
+    throw new InvalidRequestError('The request body must be the prompt as text, and must not be empty.');
+  }
+  const q = plainQuerySchema.safeParse(query ?? {});
+  if (!q.success) fail(q.error);
+  return {
+    model,
+    stream: true,
+    includeUsage: false,
+    maxTokens: q.data.max_tokens,
+    params: {
+      kind: 'chat',
+      messages: [{ role: 'user', content: body }],
+      temperature: q.data.temperature,
+      topP: q.data.top_p,
+      seed: q.data.seed,
+    },
+  };
+}

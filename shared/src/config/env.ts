@@ -1,0 +1,175 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { ConfigError } from '../errors/index.js';
+import { formatIssues } from './zod-errors.js';
+
+/**
+ * The one place that reads environment variables. Each component gets a typed,
+ * validated options object; docs/configuration.md lists every variable.
+ */
+
+const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+const logLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');
+
+const common = {
+  /** Redis to use. Default `redis://127.0.0.1:6379`. */
+  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  /** Prefix of every Redis key. Default `llm`. */
+  KEY_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/)
+    .default('llm'),
+  LOG_LEVEL: logLevel,
+};
+
+const gatewayEnv = z.object({
+  ...common,
+  /** HTTP port. Default 8000. */
+  PORT: int(8000),
+  /** Bind address. Default 127.0.0.1 (containers set 0.0.0.0). */
+  HOST: z.string().default('127.0.0.1'),
+  /** This gateway's id (names its reply stream). Default: host, pid and a random suffix. */
+  GATEWAY_ID: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
+  /** Largest accepted request body. Default 1 MiB. */
+  MAX_BODY_BYTES: int(1_048_576, 1),
+  /** A request still running after this long ends with a timeout error. Default 10 minutes. */
+  REQUEST_TIMEOUT_MS: int(600_000, 1),
+  /** Approximate cap on the reply stream's length. Default 100000 entries. */
+  REPLY_STREAM_MAXLEN: int(100_000, 100),
+});
+
+const workerEnv = z.object({
+  ...common,
+  /** This agent's id (its consumer name). Default `<host>-<pid>`. */
+  WORKER_ID: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
+  /** Comma-separated deployment names to serve. Default: every deployment. */
+  WORKER_MODELS: z.string().optional(),
+  /** Where model files live and `hf:` downloads go. Default `./models`. */
+  MODELS_DIR: z.string().default('models'),
+  /** Base URL for `hf:` downloads. Default `https://huggingface.co`. */
+  HF_ENDPOINT: z.string().url().default('https://huggingface.co'),
+  /** Heartbeat period. Default 2000 ms. */
+  HEARTBEAT_INTERVAL_MS: int(2000, 10),
+  /** A worker whose heartbeat is older than this is dead. Default 10000 ms. */
+  HEARTBEAT_TTL_MS: int(10_000, 20),
+  /** Longest a token waits in the worker before it is sent. Default 15 ms. */
+  FLUSH_INTERVAL_MS: int(15, 0),
+  /** Tokens that force a send before the interval ends. Default 32. */
+  MAX_BATCH_TOKENS: int(32, 1),
+  /** How long SIGTERM waits for in-flight requests. Default 30000 ms. */
+  DRAIN_TIMEOUT_MS: int(30_000, 0),
+  /** Approximate cap on each reply stream's length. Default 100000 entries. */
+  REPLY_STREAM_MAXLEN: int(100_000, 100),
+});
+
+const controllerEnv = z.object({
+  ...common,
+  /** The deployments file. Default `./deployments.json`. */
+  DEPLOYMENTS_FILE: z.string().default('deployments.json'),
+  /** `local`: start and supervise the gateway and worker agents on this machine. `none`: only publish deployments. */
+  CONTROLLER_MODE: z.enum(['local', 'none']).default('local'),
+  /** Start a private redis-server when none answers at REDIS_URL. Default true. */
+  EMBEDDED_REDIS: z
+    .enum(['true', 'false', '1', '0'])
+    .default('true')
+    .transform((v) => v === 'true' || v === '1'),
+  PORT: int(8000),
+  HOST: z.string().default('127.0.0.1'),
+});
+
+function parse<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
+  const r = schema.safeParse(env);
+  if (!r.success) throw new ConfigError(`invalid environment: ${formatIssues(r.error.issues)}`);
+  return r.data;
+}
+
+/** Options common to every process. */
+export interface CommonConfig {
+  redisUrl: string;
+  keyPrefix: string;
+  logLevel: string;
+}
+
+export interface GatewayConfig extends CommonConfig {
+  port: number;
+  host: string;
+  gatewayId: string;
+  maxBodyBytes: number;
+  requestTimeoutMs: number;
+  replyStreamMaxLen: number;
+}
+
+export interface WorkerConfig extends CommonConfig {
+  workerId: string;
+  models: string[] | null;
+  modelsDir: string;
+  hfEndpoint: string;
+  heartbeatIntervalMs: number;
+  heartbeatTtlMs: number;
+  flushIntervalMs: number;
+  maxBatchTokens: number;
+  drainTimeoutMs: number;
+  replyStreamMaxLen: number;
+}
+
+export interface ControllerConfig extends CommonConfig {
+  deploymentsFile: string;
+  mode: 'local' | 'none';
+  embeddedRedis: boolean;
+  port: number;
+  host: string;
+}
+
+const shortHost = () => hostname().replace(/[^A-Za-z0-9_.-]/g, '_');
+
+export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+  const e = parse(gatewayEnv, env);
+  return {
+    redisUrl: e.REDIS_URL,
+    keyPrefix: e.KEY_PREFIX,
+    logLevel: e.LOG_LEVEL,
+    port: e.PORT,
+    host: e.HOST,
+    gatewayId: e.GATEWAY_ID ?? `${shortHost()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+    maxBodyBytes: e.MAX_BODY_BYTES,
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
+  };
+}
+
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  const e = parse(workerEnv, env);
+  return {
+    redisUrl: e.REDIS_URL,
+    keyPrefix: e.KEY_PREFIX,
+    logLevel: e.LOG_LEVEL,
+    workerId: e.WORKER_ID ?? `${shortHost()}-${process.pid}`,
+    models: e.WORKER_MODELS
+      ? e.WORKER_MODELS.split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : null,
+    modelsDir: e.MODELS_DIR,
+    hfEndpoint: e.HF_ENDPOINT,
+    heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,
+    heartbeatTtlMs: e.HEARTBEAT_TTL_MS,
+    flushIntervalMs: e.FLUSH_INTERVAL_MS,
+    maxBatchTokens: e.MAX_BATCH_TOKENS,
+    drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
+    replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
+  };
+}
+
+export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): ControllerConfig {
+  const e = parse(controllerEnv, env);
+  return {
+    redisUrl: e.REDIS_URL,
+    keyPrefix: e.KEY_PREFIX,
+    logLevel: e.LOG_LEVEL,
+    deploymentsFile: e.DEPLOYMENTS_FILE,
+    mode: e.CONTROLLER_MODE,
+    embeddedRedis: e.EMBEDDED_REDIS,
+    port: e.PORT,
+    host: e.HOST,
+  };
+}

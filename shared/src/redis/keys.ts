@@ -1,0 +1,54 @@
+/**
+ * Every Redis key name the system uses, in one place. A model's keys carry the
+ * model name as a hash tag (`{model}`) so they share a Redis Cluster slot; a
+ * gateway's keys carry its id the same way.
+ *
+ * | key | type | written by | purpose |
+ * | --- | --- | --- | --- |
+ * | `<p>:{model}:requests` | stream + group `workers` | gateway | the model's queue |
+ * | `<p>:{model}:cancel:<rid>` | string, TTL | gateway | request cancelled |
+ * | `<p>:gw:{id}:events` | stream | workers | token events for one gateway |
+ * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
+ * | `<p>:workers` | sorted set | workers | worker id -> last heartbeat ms |
+ * | `<p>:worker:<id>` | string (JSON), TTL | workers | worker status |
+ * | `<p>:deployments` | hash | controller | model name -> deployment JSON |
+ * | `<p>:cancel` | pub/sub channel | gateway | request ids being cancelled |
+ */
+export class Keys {
+  constructor(readonly prefix = 'llm') {}
+
+  requests(model: string): string {
+    return `${this.prefix}:{${model}}:requests`;
+  }
+
+  cancel(model: string, rid: string): string {
+    return `${this.prefix}:{${model}}:cancel:${rid}`;
+  }
+
+  replies(gatewayId: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:events`;
+  }
+
+  gatewayAlive(gatewayId: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:alive`;
+  }
+
+  workers(): string {
+    return `${this.prefix}:workers`;
+  }
+
+  worker(workerId: string): string {
+    return `${this.prefix}:worker:${workerId}`;
+  }
+
+  deployments(): string {
+    return `${this.prefix}:deployments`;
+  }
+
+  cancelChannel(): string {
+    return `${this.prefix}:cancel`;
+  }
+}
+
+/** The consumer group every worker agent joins on a model's request stream. */
+export const WORKER_GROUP = 'workers';

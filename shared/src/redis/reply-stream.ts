@@ -1,0 +1,89 @@
+import type { Redis } from 'ioredis';
+import { decodeEvent, encodeEvent, type ReplyEvent } from '../protocol/events.js';
+import type { XReadReply } from './connection.js';
+import type { Keys } from './keys.js';
+
+/**
+ * Writes token events onto a gateway's reply stream. With ioredis
+ * auto-pipelining, every event emitted in one tick leaves in one write.
+ */
+export class ReplyWriter {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly maxLen: number,
+  ) {}
+
+  emit(gatewayId: string, ev: ReplyEvent): Promise<unknown> {
+    return this.redis.xadd(this.keys.replies(gatewayId), 'MAXLEN', '~', this.maxLen, '*', ...encodeEvent(ev));
+  }
+}
+
+export interface ReplyReaderOptions {
+  /** How long one XREAD blocks; bounds how long close() may wait. Default 2000 ms. */
+  blockMs?: number;
+  /** Most entries one XREAD returns. Default 1000. */
+  count?: number;
+  /** Called for every valid event, in stream order. Must not throw. */
+  onEvent(ev: ReplyEvent): void;
+  /** Called when a read fails; the loop backs off and goes on. */
+  onError(err: unknown): void;
+  /** Called for an entry that is not a valid event. */
+  onMalformed?(id: string): void;
+}
+
+/**
+ * Reads one gateway's reply stream with a blocking XREAD on a connection of
+ * its own and hands each event to `onEvent`. One reader serves every open
+ * request of the gateway, so connections do not grow with client streams.
+ */
+export class ReplyReader {
+  private lastId = '0-0';
+  private running = false;
+  private loop: Promise<void> | null = null;
+
+  constructor(
+    private readonly blocking: Redis,
+    private readonly key: string,
+    private readonly opts: ReplyReaderOptions,
+  ) {}
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  private async run(): Promise<void> {
+    const blockMs = this.opts.blockMs ?? 2000;
+    const count = this.opts.count ?? 1000;
+    let failures = 0;
+    while (this.running) {
+      let reply: XReadReply;
+      try {
+        reply = (await this.blocking.xread('COUNT', count, 'BLOCK', blockMs, 'STREAMS', this.key, this.lastId)) as XReadReply;
+        failures = 0;
+      } catch (err) {
+        if (!this.running) break;
+        this.opts.onError(err);
+        failures++;
+        await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** failures, 1000)));
+        continue;
+      }
+      const entries = reply?.[0]?.[1];
+      if (!entries) continue;
+      for (const [id, fields] of entries) {
+        this.lastId = id;
+        const ev = decodeEvent(fields);
+        if (ev) this.opts.onEvent(ev);
+        else this.opts.onMalformed?.(id);
+      }
+    }
+  }
+
+  /** Stops the loop. The caller closes the blocking connection to cut a read short. */
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+  }
+}

@@ -1,0 +1,86 @@
+import type { Redis } from 'ioredis';
+import { encodeJob, type Job } from '../protocol/job.js';
+import type { StreamEntries, XReadReply } from './connection.js';
+import { Keys, WORKER_GROUP } from './keys.js';
+
+/**
+ * A model's queue: one Redis stream with one consumer group that every worker
+ * agent joins. The gateway enqueues; a worker claims as many entries as it has
+ * free slots and acks (and deletes) each when it has finished.
+ */
+export class RequestQueue {
+  private readonly groups = new Set<string>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+  ) {}
+
+  /**
+   * Creates the stream and its group if missing. The group starts at `0` so
+   * requests enqueued before the first worker arrived are still delivered.
+   */
+  async ensureGroup(model: string): Promise<void> {
+    const key = this.keys.requests(model);
+    try {
+      await this.redis.xgroup('CREATE', key, WORKER_GROUP, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('BUSYGROUP')) throw err;
+    }
+    this.groups.add(model);
+  }
+
+  /** Appends a job to its model's stream; returns the entry id. */
+  async enqueue(job: Job): Promise<string> {
+    if (!this.groups.has(job.model)) await this.ensureGroup(job.model);
+    const id = await this.redis.xadd(this.keys.requests(job.model), '*', ...encodeJob(job));
+    return id!;
+  }
+
+  /**
+   * Claims up to `count` new entries for `consumer`, blocking up to `blockMs`.
+   * Must run on a connection of its own. A missing group (Redis restarted
+   * without persistence) is recreated and the read retried once.
+   */
+  async claim(blocking: Redis, model: string, consumer: string, count: number, blockMs: number): Promise<StreamEntries> {
+    const key = this.keys.requests(model);
+    const read = () =>
+      blocking.xreadgroup(
+        'GROUP', WORKER_GROUP, consumer, 'COUNT', count, 'BLOCK', blockMs, 'STREAMS', key, '>',
+      ) as Promise<XReadReply>; // prettier-ignore
+    let reply: XReadReply;
+    try {
+      reply = await read();
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOGROUP')) throw err;
+      this.groups.delete(model);
+      await this.ensureGroup(model);
+      reply = await read();
+    }
+    return reply?.[0]?.[1] ?? [];
+  }
+
+  /** Marks an entry done: acknowledged and removed, so the stream holds only live work. */
+  async ack(model: string, entryId: string): Promise<void> {
+    const key = this.keys.requests(model);
+    await Promise.all([this.redis.xack(key, WORKER_GROUP, entryId), this.redis.xdel(key, entryId)]);
+  }
+
+  /** Entries waiting for a worker plus entries claimed but not yet acked. */
+  async depth(model: string): Promise<{ waiting: number; pending: number }> {
+    const key = this.keys.requests(model);
+    try {
+      const groups = (await this.redis.xinfo('GROUPS', key)) as unknown[][];
+      for (const g of groups) {
+        const info: Record<string, unknown> = {};
+        for (let i = 0; i + 1 < g.length; i += 2) info[String(g[i])] = g[i + 1];
+        if (info.name === WORKER_GROUP) {
+          return { waiting: Number(info.lag ?? 0), pending: Number(info.pending ?? 0) };
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.includes('no such key')) throw err;
+    }
+    return { waiting: 0, pending: 0 };
+  }
+}

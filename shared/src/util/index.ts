@@ -1,0 +1,45 @@
+import { randomBytes } from 'node:crypto';
+
+/** A promise with its resolve and reject functions exposed. */
+export interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(err: unknown): void;
+}
+
+export function deferred<T = void>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** A random id that is safe in Redis keys and URLs: `prefix-` and 20 base32-ish chars. */
+export function newId(prefix: string): string {
+  return `${prefix}-${randomBytes(12).toString('base64url')}`;
+}
+
+/** Resolves after `ms`, or rejects early when the signal aborts. Only for backoff, never in tests. */
+export function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Exponential backoff with full jitter, capped. `attempt` starts at 0. */
+export function backoffMs(attempt: number, baseMs = 100, maxMs = 10_000): number {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}

@@ -1,0 +1,72 @@
+import { AbortError, type JobParams } from '@llmux/shared';
+import type { Engine, GenerateResult, TextSink } from './types.js';
+import { joinMessages } from './prompt.js';
+
+export interface SimEngineOptions {
+  /** Concurrent requests. */
+  capacity: number;
+  /** Time to first token, ms. */
+  ttftMs: number;
+  /** Delay between tokens, ms. */
+  itlMs: number;
+  /** Tokens to produce when max_tokens is larger; null: exactly max_tokens. */
+  outputTokens: number | null;
+  contextSize: number;
+}
+
+const WORDS = ['Once', ' upon', ' a', ' time', ',', ' there', ' was', ' a', ' little', ' fox', ' who', ' loved', ' to', ' run', '.'];
+
+/** The i-th token of the simulator's output: a fixed, repeating story. */
+export function simToken(i: number): string {
+  return WORDS[i % WORDS.length]!;
+}
+
+/** Counts prompt tokens the way the simulator does: whitespace-separated words. */
+export function simPromptTokens(params: JobParams): number {
+  const text = params.kind === 'chat' ? joinMessages(params.messages ?? []) : (params.prompt ?? '');
+  return text.split(/\s+/).filter(Boolean).length;
+}
+
+/**
+ * Deterministic fake engine for load tests of the serving layer: after
+ * `ttftMs` it produces a fixed story one token every `itlMs`.
+ */
+export class SimEngine implements Engine {
+  readonly capacity: number;
+  readonly contextSize: number;
+
+  constructor(private readonly opts: SimEngineOptions) {
+    this.capacity = opts.capacity;
+    this.contextSize = opts.contextSize;
+  }
+
+  async start(): Promise<void> {}
+
+  generate(params: JobParams, onText: TextSink, signal: AbortSignal): Promise<GenerateResult> {
+    const total = Math.min(params.maxTokens, this.opts.outputTokens ?? params.maxTokens);
+    const promptTokens = simPromptTokens(params);
+    return new Promise((resolve, reject) => {
+      let i = 0;
+      let timer: NodeJS.Timeout | null = null;
+      const onAbort = () => {
+        if (timer) clearTimeout(timer);
+        reject(new AbortError());
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      const step = () => {
+        onText(simToken(i), 1);
+        i++;
+        if (i < total) {
+          timer = setTimeout(step, this.opts.itlMs);
+          return;
+        }
+        signal.removeEventListener('abort', onAbort);
+        resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: total });
+      };
+      timer = setTimeout(step, this.opts.ttftMs);
+    });
+  }
+
+  async close(): Promise<void> {}
+}
