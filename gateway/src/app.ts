@@ -61,7 +61,8 @@ export function createApp(ctx: GatewayContext): express.Express {
       res.destroy();
       return;
     }
-    const out = api ?? new ApiError(500, 'The server had an error while processing your request.', 'server_error', 'internal_error');
+    const out =
+      api ?? new ApiError(500, 'The server had an error while processing your request.', 'server_error', 'internal_error');
     const headers: Record<string, string> = {};
     if (out.status === 503 || out.status === 429) headers['retry-after'] = '1';
     sendError(res, out, headers);

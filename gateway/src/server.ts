@@ -84,11 +84,11 @@ export class Gateway {
     } catch (err) {
       this.log.warn({ err }, 'Redis is not reachable yet; requests get 503 until it is');
     }
+    await this.alive();
     this.reader.start();
     await this.ctx.catalog.refresh().catch((err: unknown) => this.log.warn({ err }, 'could not load deployments'));
     this.catalogTimer = setInterval(() => this.ctx.catalog.refresh().catch(() => {}), 5000);
     this.aliveTimer = setInterval(() => void this.alive(), ALIVE_INTERVAL_MS);
-    void this.alive();
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen({ port: c.port, host: c.host, backlog: 4096 }, () => {
@@ -102,10 +102,15 @@ export class Gateway {
 
   private async alive(): Promise<void> {
     const id = this.opts.config.gatewayId;
+    const replies = this.keys.replies(id);
     try {
+      // PEXPIRE does nothing on a missing key: create the stream empty first
+      // (an entry added and trimmed away in one command), so it has a TTL from
+      // the start, also after a Redis restart that lost it.
+      if ((await this.redis.exists(replies)) === 0) await this.redis.xadd(replies, 'MAXLEN', '0', '*', 'init', '1');
       await Promise.all([
         this.redis.set(this.keys.gatewayAlive(id), String(Date.now()), 'PX', ALIVE_TTL_MS),
-        this.redis.pexpire(this.keys.replies(id), REPLY_STREAM_TTL_MS),
+        this.redis.pexpire(replies, REPLY_STREAM_TTL_MS),
       ]);
     } catch (err) {
       this.log.debug({ err }, 'liveness refresh failed');

@@ -44,7 +44,14 @@ export class Dispatcher {
    */
   async submit(o: SubmitOptions): Promise<void> {
     const now = Date.now();
-    const job: Job = { rid: o.rid, model: o.model, gw: this.gatewayId, params: o.params, enqueuedAt: now, deadline: now + o.timeoutMs };
+    const job: Job = {
+      rid: o.rid,
+      model: o.model,
+      gw: this.gatewayId,
+      params: o.params,
+      enqueuedAt: now,
+      deadline: now + o.timeoutMs,
+    };
     const timer = setTimeout(() => this.expire(o.rid), o.timeoutMs);
     this.pending.set(o.rid, { rid: o.rid, model: o.model, sink: o.sink, nextSeq: 0, timer });
     try {

@@ -22,10 +22,14 @@ const textPart = z.object({ type: z.literal('text'), text: z.string() });
 const contentSchema = z.union([
   z.string(),
   z.array(
-    z.object({ type: z.string() }).loose().superRefine((p, ctx) => {
-      if (p.type !== 'text') ctx.addIssue({ code: 'custom', message: `content parts of type "${p.type}" are not supported; send text` });
-      else if (!textPart.safeParse(p).success) ctx.addIssue({ code: 'custom', message: 'a text part needs a "text" string' });
-    }),
+    z
+      .object({ type: z.string() })
+      .loose()
+      .superRefine((p, ctx) => {
+        if (p.type !== 'text')
+          ctx.addIssue({ code: 'custom', message: `content parts of type "${p.type}" are not supported; send text` });
+        else if (!textPart.safeParse(p).success) ctx.addIssue({ code: 'custom', message: 'a text part needs a "text" string' });
+      }),
   ),
   z.null(),
 ]);
@@ -51,7 +55,13 @@ const sampling = {
   temperature: nullish(z.number().min(0).max(2)),
   top_p: nullish(z.number().min(0).max(1)),
   stop: stopSchema,
-  seed: nullish(z.number().int().min(-(2 ** 53)).max(2 ** 53)),
+  seed: nullish(
+    z
+      .number()
+      .int()
+      .min(-(2 ** 53))
+      .max(2 ** 53),
+  ),
   stream: nullish(z.boolean()),
   stream_options: nullish(z.object({ include_usage: z.boolean().optional() }).strict()),
   n: nullish(z.number().int().min(1).max(1, 'n > 1 is not supported; send one request per completion')),
@@ -59,9 +69,7 @@ const sampling = {
   frequency_penalty: nullish(z.number().min(-2).max(2)),
   max_tokens: nullish(z.number().int().min(1).max(MAX_TOKENS_CAP)),
   user: nullish(z.string().max(512)),
-  logit_bias: nullish(
-    z.record(z.string(), z.number()).refine((o) => Object.keys(o).length === 0, 'logit_bias is not supported'),
-  ),
+  logit_bias: nullish(z.record(z.string(), z.number()).refine((o) => Object.keys(o).length === 0, 'logit_bias is not supported')),
   logprobs: nullish(z.union([z.boolean(), z.number()]).refine((v) => !v, 'logprobs are not supported')),
   metadata: nullish(z.record(z.string(), z.string())),
   store: nullish(z.boolean()),
@@ -74,9 +82,17 @@ export const chatRequestSchema = z.strictObject({
   ...sampling,
   messages: z.array(messageSchema).min(1, 'messages must not be empty').max(MAX_MESSAGES),
   max_completion_tokens: nullish(z.number().int().min(1).max(MAX_TOKENS_CAP)),
-  top_logprobs: nullish(z.number().int().refine((v) => v === 0, 'top_logprobs are not supported')),
+  top_logprobs: nullish(
+    z
+      .number()
+      .int()
+      .refine((v) => v === 0, 'top_logprobs are not supported'),
+  ),
   response_format: nullish(
-    z.object({ type: z.string() }).loose().refine((f) => f.type === 'text', 'only response_format {"type":"text"} is supported'),
+    z
+      .object({ type: z.string() })
+      .loose()
+      .refine((f) => f.type === 'text', 'only response_format {"type":"text"} is supported'),
   ),
   tools: nullish(z.array(z.unknown()).max(0, 'tools are not supported')),
   tool_choice: nullish(z.literal('none', 'tool_choice is not supported')),

@@ -29,7 +29,10 @@ const gatewayEnv = z.object({
   /** Bind address. Default 127.0.0.1 (containers set 0.0.0.0). */
   HOST: z.string().default('127.0.0.1'),
   /** This gateway's id (names its reply stream). Default: host, pid and a random suffix. */
-  GATEWAY_ID: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
+  GATEWAY_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/)
+    .optional(),
   /** Largest accepted request body. Default 1 MiB. */
   MAX_BODY_BYTES: int(1_048_576, 1),
   /** A request still running after this long ends with a timeout error. Default 10 minutes. */
@@ -41,7 +44,10 @@ const gatewayEnv = z.object({
 const workerEnv = z.object({
   ...common,
   /** This agent's id (its consumer name). Default `<host>-<pid>`. */
-  WORKER_ID: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
+  WORKER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/)
+    .optional(),
   /** Comma-separated deployment names to serve. Default: every deployment. */
   WORKER_MODELS: z.string().optional(),
   /** Where model files live and `hf:` downloads go. Default `./models`. */

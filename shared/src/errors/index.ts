@@ -114,7 +114,7 @@ export function isTransientRedisError(err: unknown): boolean {
   return (
     err.name === 'MaxRetriesPerRequestError' ||
     err.message.startsWith('Connection is closed') ||
-    err.message.includes('Stream isn\'t writeable') ||
+    err.message.includes("Stream isn't writeable") ||
     err.message.startsWith('LOADING')
   );
 }

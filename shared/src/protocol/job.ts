@@ -83,5 +83,12 @@ export function decodeJob(fields: readonly string[]): Job {
   }
   const p = jobParamsSchema.safeParse(raw);
   if (!p.success) throw new MalformedJobError(formatIssues(p.error.issues, 'params'));
-  return { rid: e.data.rid, model: e.data.model, gw: e.data.gw, params: p.data, enqueuedAt: e.data.ts, deadline: e.data.deadline };
+  return {
+    rid: e.data.rid,
+    model: e.data.model,
+    gw: e.data.gw,
+    params: p.data,
+    enqueuedAt: e.data.ts,
+    deadline: e.data.deadline,
+  };
 }

@@ -14,7 +14,23 @@ export interface SimEngineOptions {
   contextSize: number;
 }
 
-const WORDS = ['Once', ' upon', ' a', ' time', ',', ' there', ' was', ' a', ' little', ' fox', ' who', ' loved', ' to', ' run', '.'];
+const WORDS = [
+  'Once',
+  ' upon',
+  ' a',
+  ' time',
+  ',',
+  ' there',
+  ' was',
+  ' a',
+  ' little',
+  ' fox',
+  ' who',
+  ' loved',
+  ' to',
+  ' run',
+  '.',
+];
 
 /** The i-th token of the simulator's output: a fixed, repeating story. */
 export function simToken(i: number): string {
