@@ -7,10 +7,7 @@ import { startLocal } from './local/local-mode.js';
  */
 async function main(): Promise<void> {
   const config = loadControllerConfig();
-  const logger = createLogger('controller', process.env.LOG_LEVEL ?? 'warn');
-  if (config.mode !== 'local') {
-    throw new ConfigError('only CONTROLLER_MODE=local is available in this version');
-  }
+  const logger = createLogger('controller', config.logLevel);
   let stopping: Promise<void> | null = null;
   let system: Awaited<ReturnType<typeof startLocal>> | null = null;
   const stop = (signal: string) => {

@@ -8,6 +8,7 @@ import {
   Keys,
   ReplyReader,
   RequestQueue,
+  settleWithin,
   WorkerRegistry,
   type GatewayConfig,
   type Logger,
@@ -21,8 +22,6 @@ import { Dispatcher } from './relay/dispatcher.js';
 export interface GatewayOptions {
   config: GatewayConfig;
   logger: Logger;
-  /** How long close() lets open requests finish. Default 10000 ms. */
-  drainTimeoutMs?: number;
 }
 
 export type GatewayState = 'starting' | 'ready' | 'closing' | 'closed';
@@ -59,7 +58,9 @@ export class Gateway {
     this.blocking = createBlockingRedis(c.redisUrl, `gateway:${c.gatewayId}:replies`);
     for (const conn of [this.redis, this.blocking]) conn.on('error', (err) => this.log.debug({ err }, 'redis error'));
     const queue = new RequestQueue(this.redis, this.keys);
-    const dispatcher = new Dispatcher(queue, new Cancellation(this.redis, this.keys), c.gatewayId, this.log);
+    // A cancel mark must outlive any request it can cancel.
+    const cancellation = new Cancellation(this.redis, this.keys, c.requestTimeoutMs + 60_000);
+    const dispatcher = new Dispatcher(queue, cancellation, c.gatewayId, this.log);
     this.reader = new ReplyReader(this.blocking, this.keys.replies(c.gatewayId), {
       onEvent: (ev) => dispatcher.onEvent(ev),
       onError: (err) => this.log.warn({ err }, 'reply stream read failed'),
@@ -147,7 +148,7 @@ export class Gateway {
     this.state = 'closing';
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
-    const deadline = Date.now() + (this.opts.drainTimeoutMs ?? 10_000);
+    const deadline = Date.now() + this.opts.config.drainTimeoutMs;
     while (this.ctx.dispatcher.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -157,7 +158,7 @@ export class Gateway {
     for (const t of [this.aliveTimer, this.catalogTimer]) if (t) clearInterval(t);
     this.blocking.disconnect();
     await this.reader.stop();
-    await this.redis.quit().catch(() => this.redis.disconnect());
+    if (!(await settleWithin(this.redis.quit(), 1000))) this.redis.disconnect();
     this.state = 'closed';
   }
 }

@@ -39,12 +39,18 @@ export class TestProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   running = true;
 
+  /** `detached`: lead a process group of its own, so a test can signal the group as a terminal would. */
   constructor(
     readonly name: string,
     module: string,
     env: NodeJS.ProcessEnv,
+    opts: { detached?: boolean } = {},
   ) {
-    this.child = fork(module, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    this.child = fork(module, [], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      detached: opts.detached ?? false,
+    });
     children.add(this);
     this.readyD.promise.catch(() => {});
     this.child.on('message', (m: unknown) => {

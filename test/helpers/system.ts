@@ -55,6 +55,7 @@ export class TestSystem {
   private async init(opts: SystemOptions): Promise<void> {
     this.keys = new Keys(this.testRedis.prefix);
     this.redis = createRedis(this.testRedis.url, { name: 'test' });
+    this.redis.on('error', () => {}); // a test may stop Redis on purpose
     await this.redis.connect();
     this.deployments = parseDeployments(opts.deployments);
     await new DeploymentRegistry(this.redis, this.keys).publish(this.deployments);

@@ -13,8 +13,10 @@ import {
   DeploymentRegistry,
   Keys,
   MalformedJobError,
+  PromptTooLongError,
   ReplyWriter,
   RequestQueue,
+  settleWithin,
   WorkerRegistry,
   type Deferred,
   type Deployment,
@@ -247,6 +249,8 @@ export class WorkerAgent extends EventEmitter {
         await stream.fail(504, 'deadline_exceeded', 'The request ran past its deadline.').catch(() => {});
       } else if (err instanceof AbortError) {
         await stream.fail(503, 'worker_shutdown', 'The worker shut down before the request finished; retry it.').catch(() => {});
+      } else if (err instanceof PromptTooLongError) {
+        await stream.fail(400, 'context_length_exceeded', err.message).catch(() => {});
       } else {
         log.error({ err }, 'request failed');
         await stream.fail(500, 'engine_error', `The engine failed: ${(err as Error).message}`).catch((e: unknown) => {
@@ -286,19 +290,17 @@ export class WorkerAgent extends EventEmitter {
   private async doClose(): Promise<void> {
     const wasReady = this.state === 'ready';
     this.setState('draining');
-    const step = async (what: string, fn: () => unknown) => {
-      try {
-        await fn();
-      } catch (err) {
-        this.log.warn({ err }, `close: ${what} failed`);
-      }
+    // Each step is guarded and bounded: Redis may be down while we stop.
+    const step = async (what: string, fn: () => unknown, ms = 5000) => {
+      const run = (async () => fn())().catch((err: unknown) => this.log.warn({ err }, `close: ${what} failed`));
+      if (!(await settleWithin(run, ms))) this.log.warn(`close: ${what} did not finish within ${ms} ms`);
     };
     for (const slot of this.slots.values()) {
       slot.blocking.disconnect();
       slot.wake?.resolve();
     }
-    await step('stop claim loops', () => Promise.all([...this.slots.values()].map((s) => s.loop)));
-    if (wasReady) await step('heartbeat', () => this.heartbeat());
+    await step('stop claim loops', () => Promise.all([...this.slots.values()].map((s) => s.loop)), CLAIM_BLOCK_MS);
+    if (wasReady) await step('heartbeat', () => this.heartbeat(), 1000);
     if (this.runs.size > 0) {
       this.log.info({ inflight: this.runs.size }, 'draining in-flight requests');
       const drained = Promise.all(this.runs);
@@ -309,13 +311,15 @@ export class WorkerAgent extends EventEmitter {
         for (const a of this.active.values()) a.ctl.abort('shutdown' satisfies AbortReason);
       }
       clearTimeout(timer);
-      await step('finish requests', () => Promise.all(this.runs));
+      await step('finish requests', () => Promise.all(this.runs), 10_000);
     }
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.flusher.close();
-    await step('deregister', () => this.workers.remove(this.id));
+    await step('deregister', () => this.workers.remove(this.id), 1000);
     for (const slot of this.slots.values()) await step('close engine', () => slot.engine.close());
-    await step('quit redis', () => Promise.all([this.redis.quit(), this.sub.quit()]));
+    await step('quit redis', () => Promise.all([this.redis.quit(), this.sub.quit()]), 1000);
+    this.redis.disconnect();
+    this.sub.disconnect();
     this.setState('stopped');
   }
 }

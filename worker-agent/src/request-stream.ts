@@ -11,8 +11,10 @@ export class RequestStream {
   private tokens = 0;
   private sentFirst = false;
   private ended = false;
-  /** Emits not yet acknowledged by Redis, awaited before the terminal event. */
+  /** The latest emit; Redis answers in order, so awaiting it covers every earlier one. */
   private last: Promise<unknown> = Promise.resolve();
+  /** The first emit that failed, reported by the terminal event's promise. */
+  private failure: unknown = null;
 
   constructor(
     readonly rid: string,
@@ -57,18 +59,24 @@ export class RequestStream {
   }
 
   private end(ev: ReplyEvent): Promise<unknown> {
-    if (this.ended) return this.last;
-    this.flush();
-    this.flusher.unmark(this);
-    this.ended = true;
-    ev.seq = this.seq++;
-    this.send(ev);
-    return this.last;
+    if (!this.ended) {
+      this.flush();
+      this.flusher.unmark(this);
+      this.ended = true;
+      ev.seq = this.seq++;
+      this.send(ev);
+    }
+    return this.last.then(() => {
+      if (this.failure) throw this.failure;
+    });
   }
 
   private send(ev: ReplyEvent): void {
-    this.last = this.writer.emit(this.gatewayId, ev);
-    this.last.catch(() => {}); // surfaced through the awaited terminal event
+    const p = this.writer.emit(this.gatewayId, ev);
+    p.catch((err: unknown) => {
+      this.failure ??= err;
+    });
+    this.last = p.catch(() => {});
   }
 }
 

@@ -55,7 +55,9 @@ export class EmbeddedRedis {
     const child = spawn(
       bin,
       ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--loglevel', 'warning'],
-      { stdio: ['ignore', 'ignore', 'inherit'] },
+      // Its own process group: a terminal's Ctrl-C must not stop Redis before
+      // the gateway and workers have drained; stop() ends it after them.
+      { stdio: ['ignore', 'ignore', 'inherit'], detached: true },
     );
     const url = `redis://127.0.0.1:${port}`;
     const failed = new Promise<never>((_, reject) => {

@@ -88,12 +88,13 @@ export class Dispatcher {
     }
   }
 
-  /** The client went away: forget the request and tell the worker to stop. */
-  abandon(rid: string): void {
+  /** The client went away: forget the request and tell the worker to stop. False if it had already ended. */
+  abandon(rid: string): boolean {
     const p = this.pending.get(rid);
-    if (!p) return;
+    if (!p) return false;
     this.settle(p);
     this.cancel(p);
+    return true;
   }
 
   /** Ends every open request with an error (gateway shutting down). */

@@ -56,8 +56,9 @@ async function admit(
   res.on('close', () => {
     if (res.writableFinished) return;
     gone = true;
-    ctx.dispatcher.abandon(rid);
-    ctx.log.info({ rid, model: d.name, ms: Date.now() - t0 }, 'client disconnected; request cancelled');
+    if (ctx.dispatcher.abandon(rid)) {
+      ctx.log.info({ rid, model: d.name, ms: Date.now() - t0 }, 'client disconnected; request cancelled');
+    }
   });
   res.on('finish', () => {
     ctx.log.info({ rid, model: d.name, status: res.statusCode, ms: Date.now() - t0 }, 'request finished');

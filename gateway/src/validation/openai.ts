@@ -134,7 +134,17 @@ export interface ParsedRequest {
   params: Omit<JobParams, 'maxTokens'>;
 }
 
-function fail(error: z.ZodError): never {
+/** The value at a zod issue path inside the raw input, to tell "missing" from "wrong". */
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v = input;
+  for (const k of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[k];
+  }
+  return v;
+}
+
+function fail(error: z.ZodError, input: unknown): never {
   const issue = error.issues[0]!;
   if (issue.code === 'unrecognized_keys') {
     const where = formatPath(issue.path);
@@ -142,7 +152,7 @@ function fail(error: z.ZodError): never {
     throw new InvalidRequestError(`Unrecognized request argument supplied: ${keys.join(', ')}`, keys[0] ?? null);
   }
   const param = formatPath(issue.path) || null;
-  const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+  const message = issue.code === 'invalid_type' && valueAt(input, issue.path) === undefined ? 'is required' : issue.message;
   throw new InvalidRequestError(param ? `Invalid value for '${param}': ${message}` : message, param);
 }
 
@@ -170,7 +180,7 @@ const opt = <T>(v: T | null | undefined): T | undefined => (v === null ? undefin
 export function parseChatRequest(body: unknown): ParsedRequest {
   requireObject(body);
   const r = chatRequestSchema.safeParse(body);
-  if (!r.success) fail(r.error);
+  if (!r.success) fail(r.error, body);
   const b = r.data;
   const messages: ChatMessage[] = b.messages.map((m) => ({ role: m.role, content: messageText(m.content) }));
   return {
@@ -197,7 +207,7 @@ export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
 export function parseCompletionRequest(body: unknown): ParsedRequest {
   requireObject(body);
   const r = completionRequestSchema.safeParse(body);
-  if (!r.success) fail(r.error);
+  if (!r.success) fail(r.error, body);
   const b = r.data;
   const prompt = typeof b.prompt === 'string' ? b.prompt : (b.prompt[0] as string);
   return {
@@ -218,11 +228,20 @@ export function parseCompletionRequest(body: unknown): ParsedRequest {
   };
 }
 
+/** A query parameter as a number: an empty value is refused, not read as 0. */
+const queryNumber = (n: z.ZodNumber) =>
+  z
+    .string()
+    .regex(/^-?\d+(\.\d+)?$/, 'must be a number')
+    .transform(Number)
+    .pipe(n)
+    .optional();
+
 const plainQuerySchema = z.strictObject({
-  max_tokens: z.coerce.number().int().min(1).max(MAX_TOKENS_CAP).optional(),
-  temperature: z.coerce.number().min(0).max(2).optional(),
-  top_p: z.coerce.number().min(0).max(1).optional(),
-  seed: z.coerce.number().int().optional(),
+  max_tokens: queryNumber(z.number().int().min(1).max(MAX_TOKENS_CAP)),
+  temperature: queryNumber(z.number().min(0).max(2)),
+  top_p: queryNumber(z.number().min(0).max(1)),
+  seed: queryNumber(z.number().int()),
 });
 
 /**
@@ -234,7 +253,7 @@ export function parsePlainRequest(model: string, body: unknown, query: unknown):
     throw new InvalidRequestError('The request body must be the prompt as text, and must not be empty.');
   }
   const q = plainQuerySchema.safeParse(query ?? {});
-  if (!q.success) fail(q.error);
+  if (!q.success) fail(q.error, query);
   return {
     model,
     stream: true,

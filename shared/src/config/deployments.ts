@@ -19,8 +19,8 @@ export const llamacppEngineSchema = z
     type: z.literal('llamacpp'),
     /** CPU threads for the context. Default 1: more threads than cores makes llama.cpp far slower. */
     threads: z.number().int().min(1).max(256).default(1),
-    /** Context size per sequence, in tokens. Default 2048. */
-    contextSize: z.number().int().min(64).max(1_048_576).default(2048),
+    /** Context size per sequence, in tokens (llama.cpp works in multiples of 256). Default 2048. */
+    contextSize: z.number().int().min(256).max(1_048_576).default(2048),
     /**
      * `auto`: render chats with the model's own template when its file has one,
      * else join the message texts (see docs/architecture.md). `none`: always join.

@@ -24,8 +24,8 @@ const common = {
 
 const gatewayEnv = z.object({
   ...common,
-  /** HTTP port. Default 8000. */
-  PORT: int(8000),
+  /** HTTP port (0: any free port). Default 8000. */
+  PORT: int(8000).pipe(z.number().max(65535)),
   /** Bind address. Default 127.0.0.1 (containers set 0.0.0.0). */
   HOST: z.string().default('127.0.0.1'),
   /** This gateway's id (names its reply stream). Default: host, pid and a random suffix. */
@@ -37,8 +37,8 @@ const gatewayEnv = z.object({
   MAX_BODY_BYTES: int(1_048_576, 1),
   /** A request still running after this long ends with a timeout error. Default 10 minutes. */
   REQUEST_TIMEOUT_MS: int(600_000, 1),
-  /** Approximate cap on the reply stream's length. Default 100000 entries. */
-  REPLY_STREAM_MAXLEN: int(100_000, 100),
+  /** How long SIGTERM lets open requests finish. Default 30000 ms. */
+  DRAIN_TIMEOUT_MS: int(30_000, 0),
 });
 
 const workerEnv = z.object({
@@ -50,7 +50,7 @@ const workerEnv = z.object({
     .optional(),
   /** Comma-separated deployment names to serve. Default: every deployment. */
   WORKER_MODELS: z.string().optional(),
-  /** Where model files live and `hf:` downloads go. Default `./models`. */
+  /** Where `hf:` model sources are looked for and downloaded to. Default `./models`. (Plain paths are relative to the working folder.) */
   MODELS_DIR: z.string().default('models'),
   /** Base URL for `hf:` downloads. Default `https://huggingface.co`. */
   HF_ENDPOINT: z.string().url().default('https://huggingface.co'),
@@ -70,21 +70,25 @@ const workerEnv = z.object({
 
 const controllerEnv = z.object({
   ...common,
+  /** The launcher's own log level; its children get LOG_LEVEL when set, else `warn`. Default warn. */
+  LOG_LEVEL: logLevel.unwrap().default('warn'),
   /** The deployments file. Default `./deployments.json`. */
   DEPLOYMENTS_FILE: z.string().default('deployments.json'),
-  /** `local`: start and supervise the gateway and worker agents on this machine. `none`: only publish deployments. */
-  CONTROLLER_MODE: z.enum(['local', 'none']).default('local'),
+  /** `local`: start and supervise the gateway and worker agents on this machine (the only mode so far). */
+  CONTROLLER_MODE: z.enum(['local']).default('local'),
   /** Start a private redis-server when none answers at REDIS_URL. Default true. */
   EMBEDDED_REDIS: z
     .enum(['true', 'false', '1', '0'])
     .default('true')
     .transform((v) => v === 'true' || v === '1'),
-  PORT: int(8000),
+  PORT: int(8000).pipe(z.number().max(65535)),
   HOST: z.string().default('127.0.0.1'),
 });
 
 function parse<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
-  const r = schema.safeParse(env);
+  // An empty variable means "not set", as in most shells' `VAR= cmd` usage.
+  const set = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const r = schema.safeParse(set);
   if (!r.success) throw new ConfigError(`invalid environment: ${formatIssues(r.error.issues)}`);
   return r.data;
 }
@@ -102,7 +106,7 @@ export interface GatewayConfig extends CommonConfig {
   gatewayId: string;
   maxBodyBytes: number;
   requestTimeoutMs: number;
-  replyStreamMaxLen: number;
+  drainTimeoutMs: number;
 }
 
 export interface WorkerConfig extends CommonConfig {
@@ -120,7 +124,7 @@ export interface WorkerConfig extends CommonConfig {
 
 export interface ControllerConfig extends CommonConfig {
   deploymentsFile: string;
-  mode: 'local' | 'none';
+  mode: 'local';
   embeddedRedis: boolean;
   port: number;
   host: string;
@@ -139,7 +143,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     gatewayId: e.GATEWAY_ID ?? `${shortHost()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
     maxBodyBytes: e.MAX_BODY_BYTES,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
-    replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
+    drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
   };
 }
 

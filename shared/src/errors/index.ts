@@ -118,3 +118,8 @@ export function isTransientRedisError(err: unknown): boolean {
     err.message.startsWith('LOADING')
   );
 }
+
+/** The prompt does not fit the model's context: the client's fault, sent as a 400. */
+export class PromptTooLongError extends EngineError {
+  override name = 'PromptTooLongError';
+}

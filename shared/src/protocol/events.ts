@@ -77,7 +77,7 @@ export function decodeEvent(fields: readonly string[]): ReplyEvent | null {
     const v = fields[i + 1]!;
     switch (fields[i]) {
       case 'rid': rid = v; break;
-      case 'seq': seq = Number(v); break;
+      case 'seq': seq = /^\d+$/.test(v) ? Number(v) : -1; break;
       case 'type': type = v; break;
       case 'text': text = v; break;
       case 'n': n = Number(v); break;
@@ -89,12 +89,13 @@ export function decodeEvent(fields: readonly string[]): ReplyEvent | null {
       case 'message': message = v; break;
     } // prettier-ignore
   }
-  if (!rid || !Number.isInteger(seq) || seq < 0) return null;
+  if (!rid || !Number.isSafeInteger(seq) || seq < 0) return null;
   switch (type) {
     case 'tokens':
       return { rid, seq, type, text, n: Number.isFinite(n) ? n : 0 };
     case 'done':
       if (finish !== 'stop' && finish !== 'length') return null;
+      if (!Number.isSafeInteger(promptTokens) || !Number.isSafeInteger(completionTokens)) return null;
       return { rid, seq, type, finish, promptTokens, completionTokens };
     case 'error':
       return { rid, seq, type, status: Number.isInteger(status) ? status : 500, code, message };

@@ -7,7 +7,7 @@
  * | --- | --- | --- | --- |
  * | `<p>:{model}:requests` | stream + group `workers` | gateway | the model's queue |
  * | `<p>:{model}:cancel:<rid>` | string, TTL | gateway | request cancelled |
- * | `<p>:gw:{id}:events` | stream | workers | token events for one gateway |
+ * | `<p>:gw:{id}:events` | stream, TTL | workers (created by its gateway) | token events for one gateway |
  * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
  * | `<p>:workers` | sorted set | workers | worker id -> last heartbeat ms |
  * | `<p>:worker:<id>` | string (JSON), TTL | workers | worker status |

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { decodeEvent, encodeEvent, type ReplyEvent } from '../protocol/events.js';
 import type { XReadReply } from './connection.js';
 import type { Keys } from './keys.js';
+import { settleWithin } from '../util/index.js';
 
 /**
  * Writes token events onto a gateway's reply stream. With ioredis
@@ -81,9 +82,13 @@ export class ReplyReader {
     }
   }
 
-  /** Stops the loop. The caller closes the blocking connection to cut a read short. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the loop. The caller closes the blocking connection to cut a read
+   * short; a read queued while Redis is unreachable may never return, so this
+   * waits at most `ms`.
+   */
+  async stop(ms = 2000): Promise<void> {
     this.running = false;
-    await this.loop;
+    if (this.loop) await settleWithin(this.loop, ms);
   }
 }

@@ -17,7 +17,7 @@ export function deferred<T = void>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** A random id that is safe in Redis keys and URLs: `prefix-` and 20 base32-ish chars. */
+/** A random id that is safe in Redis keys and URLs: `prefix-` and 16 base64url chars. */
 export function newId(prefix: string): string {
   return `${prefix}-${randomBytes(12).toString('base64url')}`;
 }
@@ -42,4 +42,24 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
 export function backoffMs(attempt: number, baseMs = 100, maxMs = 10_000): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20));
   return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+/**
+ * Waits for `p`, but no longer than `ms`: for shutdown steps that talk to a
+ * dependency that may be down. Resolves true if `p` settled in time.
+ */
+export async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

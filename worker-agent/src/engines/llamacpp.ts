@@ -9,12 +9,14 @@ import {
   type LlamaContext,
   type LlamaContextSequence,
   type LlamaModel,
+  type LlamaText,
   LlamaLogLevel,
   type Token,
 } from 'node-llama-cpp';
-import { AbortError, EngineError, type JobParams } from '@llmux/shared';
+import { AbortError, EngineError, PromptTooLongError, type FinishReason, type JobParams } from '@llmux/shared';
 import type { Engine, GenerateResult, TextSink } from './types.js';
 import { joinMessages } from './prompt.js';
+import { StopMatcher } from './stop.js';
 
 export interface LlamaCppEngineOptions {
   /** Path of the GGUF file. */
@@ -71,8 +73,11 @@ export class LlamaCppEngine implements Engine {
     }
   }
 
-  /** The prompt as tokens, plus any stop triggers the chat template adds. */
-  private render(params: JobParams): { tokens: Token[]; stops: string[] } {
+  /**
+   * The prompt as tokens, without BOS (LlamaCompletion prepends it), plus the
+   * stop triggers the chat template adds (special tokens, matched by id).
+   */
+  private render(params: JobParams): { tokens: Token[]; stops: LlamaText[] } {
     const model = this.model!;
     if (params.kind === 'chat' && this.chatWrapper) {
       const history: ChatHistoryItem[] = [];
@@ -83,63 +88,81 @@ export class LlamaCppEngine implements Engine {
       }
       history.push({ type: 'model', response: [] });
       const state = this.chatWrapper.generateContextState({ chatHistory: history });
-      const stops: string[] = [];
-      for (const trigger of state.stopGenerationTriggers) {
-        const s = trigger.toString();
-        if (s) stops.push(s);
-      }
-      return { tokens: state.contextText.tokenize(model.tokenizer), stops };
+      const tokens = state.contextText.tokenize(model.tokenizer);
+      if (tokens[0] === model.tokens.bos) tokens.shift();
+      return { tokens, stops: state.stopGenerationTriggers };
     }
     const text = params.kind === 'chat' ? joinMessages(params.messages ?? []) : (params.prompt ?? '');
-    const tokens = model.tokenize(text);
-    if (model.tokens.shouldPrependBosToken && model.tokens.bos !== null) tokens.unshift(model.tokens.bos);
-    return { tokens, stops: [] };
+    return { tokens: model.tokenize(text), stops: [] };
+  }
+
+  /** Whether LlamaCompletion will put a BOS token before the prompt. */
+  private get addsBos(): boolean {
+    return this.model!.tokens.bos !== null && this.model!.tokens.shouldPrependBosToken;
   }
 
   async generate(params: JobParams, onText: TextSink, signal: AbortSignal): Promise<GenerateResult> {
     if (!this.context) throw new EngineError('engine not started');
     if (signal.aborted) throw new AbortError();
+    const { tokens, stops } = this.render(params);
+    const promptTokens = tokens.length + (this.addsBos ? 1 : 0);
+    if (promptTokens >= this.contextSize) {
+      throw new PromptTooLongError(
+        `The prompt is ${promptTokens} tokens long; this model's context holds ${this.contextSize}, and one more is needed to generate.`,
+      );
+    }
     const seq = this.free.pop();
     if (!seq) throw new EngineError(`all ${this.capacity} sequences are busy (claimed past capacity)`);
-    const { tokens, stops } = this.render(params);
-    const promptTokens = tokens.length;
-    if (promptTokens >= this.contextSize) {
-      this.free.push(seq);
-      throw new EngineError(`prompt of ${promptTokens} tokens does not fit the context of ${this.contextSize}`);
-    }
     const maxTokens = Math.min(params.maxTokens, this.contextSize - promptTokens);
     const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
+    // Ends generation early without an error: a stop sequence, or the token cap.
+    const halt = new AbortController();
+    const matcher = new StopMatcher(params.stop ?? []);
     let pendingTokens = 0;
     let completionTokens = 0;
+    let capped = false;
     try {
       const { metadata } = await completion.generateCompletionWithMeta(tokens, {
         maxTokens,
         temperature: params.temperature ?? 1,
         topP: params.topP,
         seed: params.seed,
-        customStopTriggers: [...(params.stop ?? []), ...stops],
-        signal,
-        stopOnAbortSignal: false,
+        customStopTriggers: stops.length > 0 ? stops : undefined,
+        signal: AbortSignal.any([signal, halt.signal]),
+        stopOnAbortSignal: true,
         disableContextShift: true,
+        // Let the prompt use the whole context instead of the default 90%; the check above keeps it within.
+        contextShiftSize: 1,
         repeatPenalty:
           params.presencePenalty || params.frequencyPenalty
             ? { presencePenalty: params.presencePenalty, frequencyPenalty: params.frequencyPenalty }
             : false,
         onToken: (t) => {
+          // node-llama-cpp may run one token past maxTokens to finish a UTF-8 character; the cap is hard here.
+          if (capped || completionTokens + t.length > maxTokens) {
+            capped = true;
+            halt.abort();
+            return;
+          }
           pendingTokens += t.length;
           completionTokens += t.length;
         },
         onTextChunk: (text) => {
-          onText(text, pendingTokens);
-          pendingTokens = 0;
+          if (capped || matcher.stopped) return;
+          const out = matcher.push(text);
+          if (matcher.stopped) halt.abort();
+          if (out) {
+            onText(out, pendingTokens);
+            pendingTokens = 0;
+          }
         },
       });
-      if (signal.aborted || metadata.stopReason === 'abort') throw new AbortError();
-      return {
-        finishReason: metadata.stopReason === 'maxTokens' ? 'length' : 'stop',
-        promptTokens,
-        completionTokens,
-      };
+      if (signal.aborted) throw new AbortError();
+      const rest = matcher.flush();
+      if (rest || pendingTokens > 0) onText(rest, pendingTokens);
+      let finishReason: FinishReason = 'stop';
+      if (capped || (!matcher.stopped && metadata.stopReason === 'maxTokens')) finishReason = 'length';
+      return { finishReason, promptTokens, completionTokens };
     } catch (err) {
       if (signal.aborted) throw new AbortError();
       if (err instanceof AbortError) throw err;

@@ -1,6 +1,7 @@
 import { AbortError, type JobParams } from '@llmux/shared';
 import type { Engine, GenerateResult, TextSink } from './types.js';
 import { joinMessages } from './prompt.js';
+import { StopMatcher } from './stop.js';
 
 export interface SimEngineOptions {
   /** Concurrent requests. */
@@ -63,6 +64,7 @@ export class SimEngine implements Engine {
     const promptTokens = simPromptTokens(params);
     return new Promise((resolve, reject) => {
       let i = 0;
+      const matcher = new StopMatcher(params.stop ?? []);
       let timer: NodeJS.Timeout | null = null;
       const onAbort = () => {
         if (timer) clearTimeout(timer);
@@ -71,13 +73,22 @@ export class SimEngine implements Engine {
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       const step = () => {
-        onText(simToken(i), 1);
+        const out = matcher.push(simToken(i));
         i++;
+        if (out) onText(out, 1);
+        if (signal.aborted) return; // aborted from inside onText; onAbort already rejected
+        if (matcher.stopped) {
+          signal.removeEventListener('abort', onAbort);
+          resolve({ finishReason: 'stop', promptTokens, completionTokens: i });
+          return;
+        }
         if (i < total) {
           timer = setTimeout(step, this.opts.itlMs);
           return;
         }
         signal.removeEventListener('abort', onAbort);
+        const rest = matcher.flush();
+        if (rest) onText(rest, 0);
         resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: total });
       };
       timer = setTimeout(step, this.opts.ttftMs);

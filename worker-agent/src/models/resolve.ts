@@ -1,6 +1,7 @@
 import { createWriteStream } from 'node:fs';
 import { access, mkdir, rename, rm } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ConfigError, type Logger } from '@llmux/shared';
@@ -16,18 +17,24 @@ export interface ResolveOptions {
 }
 
 /**
- * Parses `hf:<owner>/<repo>/<path>[@<revision>]` into its download URL and
- * local file name. Returns null for a source that is a plain path.
+ * Parses `hf:<owner>/<repo>/<path>[@<revision>]` into its download URL, its
+ * file name, and the path under the models folder that a download goes to
+ * (unique per owner, repo, revision and path). Returns null for a plain path.
  */
-export function parseHfSource(source: string, endpoint: string): { url: string; file: string } | null {
+export function parseHfSource(source: string, endpoint: string): { url: string; file: string; cachePath: string } | null {
   if (!source.startsWith('hf:')) return null;
   const m = /^hf:([^/\s]+)\/([^/\s]+)\/([^@\s]+?)(?:@([^\s/]+))?$/.exec(source);
   if (!m) throw new ConfigError(`model source "${source}" is not of the form hf:<owner>/<repo>/<path/to/file.gguf>`);
   const [, owner, repo, path, revision] = m;
   const base = endpoint.replace(/\/+$/, '');
+  const rev = revision ?? 'main';
+  if (path!.split('/').some((p) => p === '..' || p === '.' || p === '')) {
+    throw new ConfigError(`model source "${source}" has an empty, "." or ".." path segment`);
+  }
   return {
-    url: `${base}/${owner}/${repo}/resolve/${encodeURIComponent(revision ?? 'main')}/${path!.split('/').map(encodeURIComponent).join('/')}`,
+    url: `${base}/${owner}/${repo}/resolve/${encodeURIComponent(rev)}/${path!.split('/').map(encodeURIComponent).join('/')}`,
     file: basename(path!),
+    cachePath: join('hf', owner!, repo!, rev, path!),
   };
 }
 
@@ -38,9 +45,11 @@ const exists = (p: string) =>
   );
 
 /**
- * Turns a deployment's model source into a local file path: a plain path must
- * exist; an `hf:` source is looked up in `modelsDir` and downloaded there, with
- * a progress bar, when missing.
+ * Turns a deployment's model source into a local file path. A plain path must
+ * exist. For an `hf:` source, a file of the same name placed directly in
+ * `modelsDir` is used as is (how offline machines are provisioned); else the
+ * download cache `modelsDir/hf/<owner>/<repo>/<revision>/<path>` is used,
+ * downloading into it with a progress bar when missing.
  */
 export async function resolveModelSource(source: string, opts: ResolveOptions): Promise<string> {
   const hf = parseHfSource(source, opts.hfEndpoint);
@@ -49,9 +58,11 @@ export async function resolveModelSource(source: string, opts: ResolveOptions): 
     if (!(await exists(path))) throw new ConfigError(`model file ${path} does not exist (check the deployment's source)`);
     return path;
   }
-  const target = resolve(opts.modelsDir, hf.file);
+  const dropped = resolve(opts.modelsDir, hf.file);
+  if (await exists(dropped)) return dropped;
+  const target = resolve(opts.modelsDir, hf.cachePath);
   if (await exists(target)) return target;
-  await mkdir(resolve(opts.modelsDir), { recursive: true });
+  await mkdir(dirname(target), { recursive: true });
   opts.logger.info({ url: hf.url, target }, 'downloading model');
   await download(hf.url, target, opts.progress ?? process.stderr);
   opts.logger.info({ target }, 'model downloaded');
@@ -59,12 +70,19 @@ export async function resolveModelSource(source: string, opts: ResolveOptions): 
 }
 
 async function download(url: string, target: string, out: NodeJS.WriteStream): Promise<void> {
-  const res = await fetch(url, { redirect: 'follow' });
+  let res: Response;
+  try {
+    res = await fetch(url, { redirect: 'follow' });
+  } catch (err) {
+    const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
+    throw new ConfigError(`cannot download ${url}: ${cause} (check the network or HF_ENDPOINT, or place the file in MODELS_DIR)`);
+  }
   if (!res.ok || !res.body) {
     throw new ConfigError(`cannot download ${url}: HTTP ${res.status} (check the source, or place the file in MODELS_DIR)`);
   }
   const total = Number(res.headers.get('content-length') ?? 0);
-  const part = join(`${target}.part`);
+  // A name of its own, so concurrent downloads of one file do not collide; the rename is atomic.
+  const part = `${target}.${process.pid}.${randomBytes(4).toString('hex')}.part`;
   const bar = new ProgressBar(basename(target), total, out);
   const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
   body.on('data', (chunk: Buffer) => bar.tick(chunk.length));
