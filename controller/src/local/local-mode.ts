@@ -73,14 +73,14 @@ export async function startLocal(config: ControllerConfig, logger: Logger, env =
       ...env,
       REDIS_URL: redisUrl,
       KEY_PREFIX: config.keyPrefix,
-      LOG_LEVEL: env.LOG_LEVEL ?? 'warn',
+      LOG_LEVEL: env.LOG_LEVEL || 'warn',
     };
     // Children drain for DRAIN_TIMEOUT_MS on SIGTERM; they are killed a little after that.
     const killAfterMs = Number(env.DRAIN_TIMEOUT_MS || 30_000) + 5000;
     const worker = new Supervised({
       name: 'worker-agent',
       module: entry('@llmux/worker-agent'),
-      env: { ...childEnv, WORKER_ID: env.WORKER_ID ?? `local-${process.pid}` },
+      env: { ...childEnv, WORKER_ID: env.WORKER_ID || `local-${process.pid}` },
       logger,
       killAfterMs,
     });
