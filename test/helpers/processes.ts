@@ -91,6 +91,15 @@ export class TestProcess {
     return this.readyD.promise;
   }
 
+  /** Resolves with the first `count` log lines (past or future) that match. */
+  async waitForLogs(match: (l: LogLine) => boolean, count: number): Promise<LogLine[]> {
+    const seen = new Set<LogLine>(this.logs.filter(match));
+    while (seen.size < count) {
+      seen.add(await this.waitForLog((l) => match(l) && !seen.has(l)));
+    }
+    return [...seen].slice(0, count);
+  }
+
   /** Resolves with the first log line (past or future) that matches. */
   waitForLog(match: (l: LogLine) => boolean): Promise<LogLine> {
     const hit = this.logs.find(match);

@@ -1,34 +1,41 @@
 import { expect } from 'chai';
-import { deferred, type Deferred, type ReplyEvent, type ReplyWriter } from '@llmux/shared';
-import { Flusher, RequestStream } from '@llmux/worker-agent';
+import { deferred, FENCED, type Deferred, type ReplyEvent } from '@llmux/shared';
+import { Flusher, RequestStream, type EventWriter } from '@llmux/worker-agent';
 
 interface Emitted {
   gw: string;
+  token: string;
   ev: ReplyEvent;
-  ack: Deferred<unknown>;
+  ack: Deferred<number>;
 }
 
 /**
- * A stand-in for the Redis-backed ReplyWriter that records what is emitted.
- * Each emit's acknowledgement is settled by the test (or at once with `autoAck`).
+ * A stand-in for the Redis request log that records what is emitted and, like
+ * the emit script, numbers each request's events from 0. Each emit's answer
+ * is settled by the test (or at once with `autoAck`); `fence` makes every
+ * later emit answer FENCED, as Redis does once another attempt owns the request.
  */
-class RecordingWriter {
+class RecordingWriter implements EventWriter {
   readonly emitted: Emitted[] = [];
+  private readonly seqs = new Map<string, number>();
+  fence = false;
   constructor(private readonly autoAck = true) {}
 
-  emit(gw: string, ev: ReplyEvent): Promise<unknown> {
-    const ack = deferred<unknown>();
-    this.emitted.push({ gw, ev: { ...ev }, ack });
-    if (this.autoAck) ack.resolve('1-0');
+  emit(gw: string, token: string, _ttlMs: number, ev: ReplyEvent): Promise<number> {
+    const ack = deferred<number>();
+    if (this.fence) {
+      ack.resolve(FENCED);
+      return ack.promise;
+    }
+    const seq = this.seqs.get(ev.rid) ?? 0;
+    this.seqs.set(ev.rid, seq + 1);
+    this.emitted.push({ gw, token, ev: { ...ev, seq }, ack });
+    if (this.autoAck) ack.resolve(seq);
     return ack.promise;
   }
 
   get events(): ReplyEvent[] {
     return this.emitted.map((e) => e.ev);
-  }
-
-  asWriter(): ReplyWriter {
-    return this as unknown as ReplyWriter;
   }
 }
 
@@ -47,8 +54,8 @@ describe('RequestStream and Flusher', () => {
   // A long interval: the timer never fires during a test; tests flush explicitly.
   let flusher: Flusher;
   let writer: RecordingWriter;
-  const open = (rid = 'r1', maxBatchTokens = 32, w = writer) =>
-    new RequestStream(rid, 'gw-1', w.asWriter(), flusher, maxBatchTokens);
+  const open = (rid = 'r1', maxBatchTokens = 32, w = writer, onFenced?: () => void) =>
+    new RequestStream({ rid, gatewayId: 'gw-1', token: 'tok', ttlMs: 60_000, writer: w, flusher, maxBatchTokens, onFenced });
 
   beforeEach(() => {
     flusher = new Flusher(3_600_000);
@@ -218,10 +225,10 @@ describe('RequestStream and Flusher', () => {
     s.push('b', 1);
     const finished = s.done('stop', 1, 2);
     expect(w.events.map((e) => e.type)).to.deep.equal(['tokens', 'tokens', 'done']);
-    w.emitted[0]!.ack.resolve('1-0');
-    w.emitted[1]!.ack.resolve('2-0');
+    w.emitted[0]!.ack.resolve(0);
+    w.emitted[1]!.ack.resolve(1);
     expect(await settled(finished)).to.equal(false);
-    w.emitted[2]!.ack.resolve('3-0');
+    w.emitted[2]!.ack.resolve(2);
     expect(await settled(finished)).to.equal(true);
   });
 
@@ -230,11 +237,27 @@ describe('RequestStream and Flusher', () => {
     const s = open('r1', 32, w);
     s.push('a', 1);
     const finished = s.done('length', 1, 1);
-    w.emitted[0]!.ack.resolve('1-0');
+    w.emitted[0]!.ack.resolve(0);
     w.emitted[1]!.ack.reject(new Error('Connection is closed.'));
     let caught: unknown;
     await finished.catch((err: unknown) => (caught = err));
     expect(caught).to.be.instanceOf(Error);
     expect((caught as Error).message).to.equal('Connection is closed.');
+  });
+  it('stops at once and reports it when Redis says another attempt owns the request', async () => {
+    let fencedCalls = 0;
+    const s = open('r1', 32, writer, () => fencedCalls++);
+    s.push('Once', 1);
+    writer.fence = true;
+    s.push(' upon', 1);
+    flusher.flushAll();
+    await s.settled();
+    expect(s.fenced).to.equal(true);
+    expect(fencedCalls).to.equal(1);
+    s.push(' a time', 2);
+    flusher.flushAll();
+    await s.done('stop', 1, 4);
+    expect(writer.events.map((e) => e.type)).to.deep.equal(['tokens']);
+    expect(fencedCalls).to.equal(1);
   });
 });

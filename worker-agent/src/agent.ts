@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import {
@@ -11,10 +12,11 @@ import {
   deferred,
   delay,
   DeploymentRegistry,
+  EngineUnavailableError,
   Keys,
   MalformedJobError,
   PromptTooLongError,
-  ReplyWriter,
+  RequestLog,
   RequestQueue,
   settleWithin,
   WorkerRegistry,
@@ -23,10 +25,13 @@ import {
   type Job,
   type Logger,
   type Redis,
+  type StreamEntries,
   type WorkerConfig,
   type WorkerStatus,
 } from '@llmux/shared';
 import { createEngine, type Engine } from './engines/index.js';
+import type { Resume } from './engines/types.js';
+import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
 
 export type AgentState = WorkerStatus['state'];
@@ -40,18 +45,25 @@ export interface WorkerAgentOptions {
 
 /** One served deployment: its engine, its claim loop and its load. */
 interface Slot {
+  model: string;
   deployment: Deployment;
   engine: Engine;
   /** Claimed and not yet finished. */
   inflight: number;
   blocking: Redis;
-  /** Resolved when a request finishes, to wake a loop that waits for room. */
+  /** CLIENT ID of the blocking connection, to cut a wait short with CLIENT UNBLOCK. */
+  blockingId: number | null;
+  /** True while the claim loop waits in XREADGROUP BLOCK. */
+  blocked: boolean;
+  /** Resolved when a request finishes or a peer's load changes, to wake the claim loop. */
   wake: Deferred<void> | null;
   loop: Promise<void> | null;
+  view: LoadView;
+  lastScore: number;
 }
 
 /** Why a running request was aborted. */
-type AbortReason = 'cancelled' | 'deadline' | 'shutdown';
+type AbortReason = 'cancelled' | 'deadline' | 'shutdown' | 'fenced';
 
 interface Active {
   ctl: AbortController;
@@ -61,11 +73,16 @@ interface Active {
 
 /** How long one XREADGROUP blocks; bounds how long stopping a loop may take. */
 const CLAIM_BLOCK_MS = 2000;
+/** A worker that is not the least loaded looks for unclaimed work this often. */
+const NOT_LEAST_POLL_MS = 25;
+/** An entry must be idle this long before a takeover moves it (guards two workers taking the same one). */
+const TAKEOVER_MIN_IDLE_MS = 1000;
 
 /**
  * The worker agent: serves some deployments with one engine each, claims
- * requests only while it has free slots, streams tokens back, heartbeats, and
- * drains on close().
+ * requests only while it has free slots (least-loaded first across workers),
+ * streams tokens back through the fenced request log, takes over the requests
+ * of workers that died, heartbeats, and drains on close().
  */
 export class WorkerAgent extends EventEmitter {
   state: AgentState = 'starting';
@@ -74,7 +91,7 @@ export class WorkerAgent extends EventEmitter {
   private readonly redis: Redis;
   private readonly sub: Redis;
   private readonly queue: RequestQueue;
-  private readonly writer: ReplyWriter;
+  private readonly log: RequestLog;
   private readonly cancellation: Cancellation;
   private readonly workers: WorkerRegistry;
   private readonly flusher: Flusher;
@@ -82,34 +99,39 @@ export class WorkerAgent extends EventEmitter {
   private readonly active = new Map<string, Active>();
   private readonly runs = new Set<Promise<void>>();
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  private reclaimTimer: NodeJS.Timeout | null = null;
+  private reclaiming = false;
   private readonly startedAt = Date.now();
+  /** Integral of in-flight requests over time, for utilisation figures. */
+  private busySlotMs = 0;
+  private busySince = Date.now();
   private closing: Promise<void> | null = null;
-  private readonly log: Logger;
+  private readonly logger: Logger;
 
   constructor(private readonly opts: WorkerAgentOptions) {
     super();
     const c = opts.config;
     this.id = c.workerId;
-    this.log = opts.logger.child({ worker: this.id });
+    this.logger = opts.logger.child({ worker: this.id });
     this.keys = new Keys(c.keyPrefix);
     this.redis = createRedis(c.redisUrl, { name: `worker:${this.id}` });
-    this.sub = createRedis(c.redisUrl, { name: `worker:${this.id}:cancel` });
+    this.sub = createRedis(c.redisUrl, { name: `worker:${this.id}:sub` });
     this.queue = new RequestQueue(this.redis, this.keys);
-    this.writer = new ReplyWriter(this.redis, this.keys, c.replyStreamMaxLen);
+    this.log = new RequestLog(this.redis, this.keys, c.replyStreamMaxLen);
     this.cancellation = new Cancellation(this.redis, this.keys);
     this.workers = new WorkerRegistry(this.redis, this.keys);
     this.flusher = new Flusher(c.flushIntervalMs);
-    for (const conn of [this.redis, this.sub]) conn.on('error', (err) => this.log.debug({ err }, 'redis error'));
+    for (const conn of [this.redis, this.sub]) conn.on('error', (err) => this.logger.debug({ err }, 'redis error'));
   }
 
   private setState(state: AgentState): void {
     if (this.state === state) return;
     this.state = state;
-    this.log.info({ state }, 'worker state');
+    this.logger.info({ state }, 'worker state');
     this.emit('state', state);
   }
 
-  /** Connects, starts an engine per served deployment, then starts claiming. */
+  /** Connects, starts an engine per served deployment, takes back its own leftovers, then starts claiming. */
   async start(): Promise<void> {
     const c = this.opts.config;
     await Promise.all([this.redis.connect(), this.sub.connect()]);
@@ -118,25 +140,57 @@ export class WorkerAgent extends EventEmitter {
     if (names.length === 0) throw new ConfigError('no deployments are published; start the controller first');
     const factory =
       this.opts.engineFactory ??
-      ((d: Deployment) => createEngine(d, { modelsDir: c.modelsDir, hfEndpoint: c.hfEndpoint, logger: this.log }));
+      ((d: Deployment) => createEngine(d, { modelsDir: c.modelsDir, hfEndpoint: c.hfEndpoint, logger: this.logger }));
     for (const name of names) {
       const d = published.get(name);
       if (!d) throw new ConfigError(`WORKER_MODELS names "${name}", which is not in the deployments`);
       const engine = await factory(d);
       const t0 = Date.now();
       await engine.start();
-      this.log.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
+      this.logger.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
       await this.queue.ensureGroup(name);
       const blocking = createBlockingRedis(c.redisUrl, `worker:${this.id}:claim:${name}`);
-      blocking.on('error', (err) => this.log.debug({ err }, 'redis error'));
+      blocking.on('error', (err) => this.logger.debug({ err }, 'redis error'));
+      const slot: Slot = {
+        model: name,
+        deployment: d,
+        engine,
+        inflight: 0,
+        blocking,
+        blockingId: null,
+        blocked: false,
+        wake: null,
+        loop: null,
+        view: new LoadView(this.id, c.heartbeatTtlMs),
+        lastScore: -1,
+      };
+      // The id changes with every reconnect; CLIENT UNBLOCK needs the current one.
+      blocking.on('ready', () => {
+        blocking.client('ID').then(
+          (id) => (slot.blockingId = Number(id)),
+          () => (slot.blockingId = null),
+        );
+      });
       await blocking.connect();
-      this.slots.set(name, { deployment: d, engine, inflight: 0, blocking, wake: null, loop: null });
+      this.slots.set(name, slot);
     }
+    const loadChannels = new Map([...this.slots.values()].map((s) => [this.keys.loadChannel(s.model), s]));
+    this.sub.on('message', (channel: string, message: string) => {
+      const slot = loadChannels.get(channel);
+      if (slot) this.onPeerLoad(slot, message);
+    });
+    if (loadChannels.size > 0) await this.sub.subscribe(...loadChannels.keys());
     await this.cancellation.subscribe(this.sub, (rid) => this.active.get(rid)?.ctl.abort('cancelled' satisfies AbortReason));
     this.setState('ready');
     await this.heartbeat();
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), c.heartbeatIntervalMs);
-    for (const [name, slot] of this.slots) slot.loop = this.claimLoop(name, slot);
+    // Requests a previous run of this same worker id left pending are ours to finish.
+    for (const slot of this.slots.values()) await this.reclaimFrom(slot, this.id, 0);
+    this.reclaimTimer = setInterval(() => void this.reclaimDead(), c.reclaimIntervalMs);
+    for (const slot of this.slots.values()) {
+      this.publishLoad(slot);
+      slot.loop = this.claimLoop(slot);
+    }
   }
 
   /** The agent's status as its heartbeat reports it. */
@@ -147,6 +201,7 @@ export class WorkerAgent extends EventEmitter {
       capacity += s.engine.capacity;
       inflight += s.inflight;
     }
+    this.accrueBusy();
     return {
       id: this.id,
       host: hostname(),
@@ -155,21 +210,63 @@ export class WorkerAgent extends EventEmitter {
       models: [...this.slots.keys()],
       capacity,
       inflight,
+      busySlotMs: Math.round(this.busySlotMs),
       startedAt: this.startedAt,
       at: Date.now(),
     };
   }
 
+  private accrueBusy(): void {
+    const now = Date.now();
+    let inflight = 0;
+    for (const s of this.slots.values()) inflight += s.inflight;
+    this.busySlotMs += inflight * (now - this.busySince);
+    this.busySince = now;
+  }
+
   private async heartbeat(): Promise<void> {
     try {
       await this.workers.beat(this.status(), this.opts.config.heartbeatTtlMs);
+      for (const slot of this.slots.values()) this.publishLoad(slot, true);
     } catch (err) {
-      this.log.warn({ err }, 'heartbeat failed');
+      this.logger.warn({ err }, 'heartbeat failed');
       this.emit('error', err);
     }
   }
 
-  private async claimLoop(model: string, slot: Slot): Promise<void> {
+  /** Utilisation after taking one more request; Infinity when full or not claiming. */
+  private score(slot: Slot): number {
+    if (this.state !== 'ready' || slot.inflight >= slot.engine.capacity) return Infinity;
+    const own = (slot.inflight + 1) / slot.engine.capacity;
+    return Math.max(own, slot.engine.load?.() ?? 0);
+  }
+
+  private publishLoad(slot: Slot, force = false): void {
+    const score = this.score(slot);
+    if (!force && score === slot.lastScore) return;
+    slot.lastScore = score;
+    this.redis.publish(this.keys.loadChannel(slot.model), encodeLoad(this.id, score)).catch(() => {});
+  }
+
+  private onPeerLoad(slot: Slot, message: string): void {
+    const m = decodeLoad(message);
+    if (!m || m.worker === this.id) return;
+    slot.view.update(m.worker, m.score);
+    // A peer became less loaded than us while we wait for work: step aside.
+    if (slot.blocked && slot.blockingId !== null && !slot.view.isLeast(this.score(slot))) {
+      this.redis.client('UNBLOCK', slot.blockingId).catch(() => {});
+    }
+    this.wakeLoop(slot);
+  }
+
+  private wakeLoop(slot: Slot): void {
+    const wake = slot.wake;
+    slot.wake = null;
+    wake?.resolve();
+  }
+
+  private async claimLoop(slot: Slot): Promise<void> {
+    const c = this.opts.config;
     let failures = 0;
     while (this.state === 'ready') {
       const free = slot.engine.capacity - slot.inflight;
@@ -178,46 +275,129 @@ export class WorkerAgent extends EventEmitter {
         await slot.wake.promise;
         continue;
       }
-      let entries: [string, string[]][];
+      let entries: StreamEntries;
       try {
-        entries = await this.queue.claim(slot.blocking, model, this.id, free, CLAIM_BLOCK_MS);
+        if (c.claimPolicy === 'fifo') {
+          entries = await this.blockingClaim(slot, free);
+        } else if (slot.view.isLeast(this.score(slot))) {
+          // One at a time, so the next request goes to whoever is least loaded then.
+          entries = await this.blockingClaim(slot, 1);
+        } else {
+          // Others are less loaded and wait for new work; take only what nobody took.
+          slot.wake = deferred();
+          const t = setTimeout(() => this.wakeLoop(slot), NOT_LEAST_POLL_MS);
+          await slot.wake.promise;
+          clearTimeout(t);
+          if (this.state !== 'ready') break;
+          entries = await this.queue.claimNow(slot.model, this.id, 1);
+        }
         failures = 0;
       } catch (err) {
         if (this.state !== 'ready') break;
-        this.log.warn({ err, model }, 'claim failed; retrying');
+        this.logger.warn({ err, model: slot.model }, 'claim failed; retrying');
         await delay(backoffMs(failures++, 100, 2000));
         continue;
       }
-      for (const [entryId, fields] of entries) {
-        slot.inflight++;
-        const run = this.run(model, slot, entryId, fields);
-        this.runs.add(run);
-        void run.finally(() => this.runs.delete(run));
-      }
+      for (const [entryId, fields] of entries) this.startRun(slot, entryId, fields, false);
     }
   }
 
-  private async run(model: string, slot: Slot, entryId: string, fields: string[]): Promise<void> {
+  private async blockingClaim(slot: Slot, count: number): Promise<StreamEntries> {
+    slot.blocked = true;
+    try {
+      return await this.queue.claim(slot.blocking, slot.model, this.id, count, CLAIM_BLOCK_MS);
+    } finally {
+      slot.blocked = false;
+    }
+  }
+
+  private startRun(slot: Slot, entryId: string, fields: string[], takeover: boolean): void {
+    this.accrueBusy();
+    slot.inflight++;
+    this.publishLoad(slot);
+    const run = this.run(slot, entryId, fields, takeover);
+    this.runs.add(run);
+    void run.finally(() => this.runs.delete(run));
+  }
+
+  /** Takes over the requests of consumers whose worker is no longer alive. */
+  private async reclaimDead(): Promise<void> {
+    if (this.reclaiming || this.state !== 'ready') return;
+    this.reclaiming = true;
+    try {
+      const live = new Set((await this.workers.live()).map((w) => w.id));
+      for (const slot of this.slots.values()) {
+        const consumers = await this.queue.pendingConsumers(slot.model);
+        for (const name of consumers.keys()) {
+          if (name === this.id || live.has(name)) continue;
+          await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS);
+          if (await this.queue.deleteConsumerIfIdle(slot.model, name)) {
+            await this.workers.remove(name);
+            slot.view.remove(name);
+            this.logger.info({ model: slot.model, dead: name }, 'dead worker cleared');
+          }
+        }
+      }
+    } catch (err) {
+      this.logger.warn({ err }, 'reclaim sweep failed');
+    } finally {
+      this.reclaiming = false;
+    }
+  }
+
+  private async reclaimFrom(slot: Slot, consumer: string, minIdleMs: number): Promise<void> {
+    const free = slot.engine.capacity - slot.inflight;
+    if (free <= 0) return;
+    const entries = await this.queue.takeOver(slot.model, consumer, this.id, free, minIdleMs);
+    for (const [entryId, fields] of entries) {
+      this.logger.info({ model: slot.model, entryId, from: consumer }, 'request taken over');
+      this.startRun(slot, entryId, fields, true);
+    }
+  }
+
+  private async run(slot: Slot, entryId: string, fields: string[], takeover: boolean): Promise<void> {
+    const model = slot.model;
+    const c = this.opts.config;
     let job: Job;
     try {
       job = decodeJob(fields);
     } catch (err) {
       if (!(err instanceof MalformedJobError)) throw err;
-      this.log.warn({ model, entryId, reason: err.message }, 'malformed request entry dropped');
-      await this.finish(model, slot, entryId);
+      this.logger.warn({ model, entryId, reason: err.message }, 'malformed request entry dropped');
+      await this.finish(slot, entryId, 'ack');
       return;
     }
-    const log = this.log.child({ rid: job.rid, model });
-    const c = this.opts.config;
-    const stream = new RequestStream(job.rid, job.gw, this.writer, this.flusher, c.maxBatchTokens);
+    const log = this.logger.child({ rid: job.rid, model });
+    const token = `${this.id}:${randomBytes(6).toString('base64url')}`;
+    const ttlMs = Math.max(0, job.deadline - Date.now()) + c.outputRetentionMs;
     const ctl = new AbortController();
     const active: Active = { ctl, job, tokens: 0 };
-    this.active.set(job.rid, active);
+    const stream = new RequestStream({
+      rid: job.rid,
+      gatewayId: job.gw,
+      token,
+      ttlMs,
+      writer: this.log,
+      flusher: this.flusher,
+      maxBatchTokens: c.maxBatchTokens,
+      onFenced: () => ctl.abort('fenced' satisfies AbortReason),
+    });
+    let outcome: 'ack' | 'handback' | 'leave' = 'ack';
     let deadlineTimer: NodeJS.Timeout | null = null;
+    this.active.set(job.rid, active);
     try {
       if (await this.cancellation.isCancelled(model, job.rid)) {
-        stream.discard();
         log.info('request cancelled before start');
+        return;
+      }
+      const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
+      if (begun.status === 'done') {
+        log.info('request had already ended; entry acked');
+        return;
+      }
+      if (begun.status === 'exhausted') {
+        log.warn({ attempts: begun.attempts }, 'request failed on every attempt');
+        await stream.fail(503, 'max_attempts_exceeded', `The request failed on all ${c.maxAttempts} attempts; retry it later.`);
         return;
       }
       const left = job.deadline - Date.now();
@@ -226,6 +406,10 @@ export class WorkerAgent extends EventEmitter {
         return;
       }
       deadlineTimer = setTimeout(() => ctl.abort('deadline' satisfies AbortReason), left);
+      const resume: Resume | undefined = begun.tokens > 0 || begun.text ? { text: begun.text, tokens: begun.tokens } : undefined;
+      if (resume || takeover)
+        log.info({ attempt: begun.attempts, resumedTokens: begun.tokens, seq: begun.seq }, 'request resumed');
+      else log.debug({ attempt: begun.attempts }, 'request started');
       const t0 = Date.now();
       const result = await slot.engine.generate(
         job.params,
@@ -234,21 +418,40 @@ export class WorkerAgent extends EventEmitter {
           stream.push(text, n);
         },
         ctl.signal,
+        resume,
       );
-      await stream.done(result.finishReason, result.promptTokens, result.completionTokens);
+      const completionTokens = begun.tokens + result.completionTokens;
+      await stream.done(result.finishReason, result.promptTokens, completionTokens);
+      if (stream.fenced) throw new AbortError();
       log.info(
-        { tokens: result.completionTokens, ms: Date.now() - t0, waitMs: t0 - job.enqueuedAt, finish: result.finishReason },
+        {
+          tokens: completionTokens,
+          ms: Date.now() - t0,
+          waitMs: t0 - job.enqueuedAt,
+          finish: result.finishReason,
+          attempt: begun.attempts,
+        },
         'request done',
       );
     } catch (err) {
       const reason = ctl.signal.reason as AbortReason | undefined;
-      if (err instanceof AbortError && reason === 'cancelled') {
+      if (stream.fenced || reason === 'fenced') {
+        // Another worker owns it now; its entry is that worker's to ack.
+        stream.discard();
+        outcome = 'leave';
+        log.warn('request fenced: another worker took it over');
+      } else if (err instanceof AbortError && reason === 'cancelled') {
         stream.discard();
         log.info({ tokens: active.tokens }, 'request cancelled');
       } else if (err instanceof AbortError && reason === 'deadline') {
         await stream.fail(504, 'deadline_exceeded', 'The request ran past its deadline.').catch(() => {});
-      } else if (err instanceof AbortError) {
-        await stream.fail(503, 'worker_shutdown', 'The worker shut down before the request finished; retry it.').catch(() => {});
+      } else if ((err instanceof AbortError && reason === 'shutdown') || err instanceof EngineUnavailableError) {
+        // Not the request's fault: flush what was generated, then give it to another attempt.
+        stream.flush();
+        await stream.settled();
+        stream.discard();
+        outcome = stream.fenced ? 'leave' : 'handback';
+        log.warn({ tokens: active.tokens, reason: reason ?? (err as Error).message }, 'request handed back');
       } else if (err instanceof PromptTooLongError) {
         await stream.fail(400, 'context_length_exceeded', err.message).catch(() => {});
       } else {
@@ -260,27 +463,30 @@ export class WorkerAgent extends EventEmitter {
     } finally {
       if (deadlineTimer) clearTimeout(deadlineTimer);
       this.active.delete(job.rid);
-      await this.finish(model, slot, entryId);
+      await this.finish(slot, entryId, outcome, fields);
     }
   }
 
-  /** Acks the entry and frees its slot. */
-  private async finish(model: string, slot: Slot, entryId: string): Promise<void> {
+  /** Acks (or hands back, or leaves) the entry and frees its slot. */
+  private async finish(slot: Slot, entryId: string, outcome: 'ack' | 'handback' | 'leave', fields?: string[]): Promise<void> {
     try {
-      await this.queue.ack(model, entryId);
+      if (outcome === 'ack') await this.queue.ack(slot.model, entryId);
+      else if (outcome === 'handback') await this.queue.handBack(slot.model, entryId, fields!);
     } catch (err) {
-      this.log.warn({ err, model, entryId }, 'ack failed');
+      // The entry stays pending under this worker; a takeover (ours after a restart, or a peer's) finishes it.
+      this.logger.warn({ err, model: slot.model, entryId, outcome }, 'could not settle the entry');
     }
+    this.accrueBusy();
     slot.inflight--;
-    const wake = slot.wake;
-    slot.wake = null;
-    wake?.resolve();
+    this.publishLoad(slot);
+    this.wakeLoop(slot);
   }
 
   /**
-   * Drains and stops: no more claims, in-flight requests get `drainTimeoutMs`
-   * to finish, then the rest are aborted with an explicit error event.
-   * Idempotent; every step runs even if an earlier one fails.
+   * Drains and stops: no more claims; in-flight requests get `drainTimeoutMs`
+   * to finish; the rest are handed back so another worker continues them.
+   * Idempotent; every step runs even if an earlier one fails, and each step
+   * that waits on Redis is bounded in time.
    */
   close(): Promise<void> {
     this.closing ??= this.doClose();
@@ -290,27 +496,25 @@ export class WorkerAgent extends EventEmitter {
   private async doClose(): Promise<void> {
     const wasReady = this.state === 'ready';
     this.setState('draining');
-    // Each step is guarded and bounded: Redis may be down while we stop.
     const step = async (what: string, fn: () => unknown, ms = 5000) => {
-      const run = (async () => fn())().catch((err: unknown) => this.log.warn({ err }, `close: ${what} failed`));
-      if (!(await settleWithin(run, ms))) this.log.warn(`close: ${what} did not finish within ${ms} ms`);
+      const run = (async () => fn())().catch((err: unknown) => this.logger.warn({ err }, `close: ${what} failed`));
+      if (!(await settleWithin(run, ms))) this.logger.warn(`close: ${what} did not finish within ${ms} ms`);
     };
+    if (this.reclaimTimer) clearInterval(this.reclaimTimer);
     for (const slot of this.slots.values()) {
       slot.blocking.disconnect();
-      slot.wake?.resolve();
+      this.wakeLoop(slot);
+      this.publishLoad(slot, true);
     }
     await step('stop claim loops', () => Promise.all([...this.slots.values()].map((s) => s.loop)), CLAIM_BLOCK_MS);
     if (wasReady) await step('heartbeat', () => this.heartbeat(), 1000);
     if (this.runs.size > 0) {
-      this.log.info({ inflight: this.runs.size }, 'draining in-flight requests');
+      this.logger.info({ inflight: this.runs.size }, 'draining in-flight requests');
       const drained = Promise.all(this.runs);
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), this.opts.config.drainTimeoutMs)));
-      if ((await Promise.race([drained, timedOut])) === 'timeout') {
-        this.log.warn({ inflight: this.active.size }, 'drain deadline passed; aborting the rest');
+      if (!(await settleWithin(drained, this.opts.config.drainTimeoutMs))) {
+        this.logger.warn({ inflight: this.active.size }, 'drain deadline passed; handing the rest back');
         for (const a of this.active.values()) a.ctl.abort('shutdown' satisfies AbortReason);
       }
-      clearTimeout(timer);
       await step('finish requests', () => Promise.all(this.runs), 10_000);
     }
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);

@@ -1,4 +1,4 @@
 export { WorkerAgent, type WorkerAgentOptions, type AgentState } from './agent.js';
 export * from './engines/index.js';
 export { resolveModelSource, parseHfSource } from './models/resolve.js';
-export { RequestStream, Flusher } from './request-stream.js';
+export { RequestStream, Flusher, type EventWriter, type RequestStreamOptions } from './request-stream.js';

@@ -1,69 +1,93 @@
-import type { FinishReason, ReplyEvent, ReplyWriter } from '@llmux/shared';
+import { FENCED, type FinishReason, type ReplyEvent } from '@llmux/shared';
+
+/** Where a request's events go: the fenced request log (RequestLog) in production. */
+export interface EventWriter {
+  /** Sends one event as `token`; resolves with its seq, or FENCED / ALREADY_ENDED. */
+  emit(gatewayId: string, token: string, ttlMs: number, ev: ReplyEvent): Promise<number>;
+}
+
+export interface RequestStreamOptions {
+  rid: string;
+  gatewayId: string;
+  /** This attempt's owner token. */
+  token: string;
+  /** TTL of the request's state and output in Redis. */
+  ttlMs: number;
+  writer: EventWriter;
+  flusher: Flusher;
+  maxBatchTokens: number;
+  /** Called once if Redis says another attempt owns the request now. */
+  onFenced?: () => void;
+}
 
 /**
- * The worker's side of one request's token stream: numbers events, batches
- * text, and sends through a shared Flusher so many requests' events leave in
- * one pipelined write.
+ * The worker's side of one request's token stream: batches text and sends it
+ * through a shared Flusher, so many requests' events leave in one pipelined
+ * write. Sequence numbers are assigned by Redis (the emit script), which also
+ * refuses events from an attempt that no longer owns the request.
  */
 export class RequestStream {
-  private seq = 0;
   private text = '';
   private tokens = 0;
   private sentFirst = false;
   private ended = false;
+  /** True once Redis refused an event because another attempt owns the request. */
+  fenced = false;
   /** The latest emit; Redis answers in order, so awaiting it covers every earlier one. */
   private last: Promise<unknown> = Promise.resolve();
   /** The first emit that failed, reported by the terminal event's promise. */
   private failure: unknown = null;
 
-  constructor(
-    readonly rid: string,
-    private readonly gatewayId: string,
-    private readonly writer: ReplyWriter,
-    private readonly flusher: Flusher,
-    private readonly maxBatchTokens: number,
-  ) {}
+  constructor(private readonly o: RequestStreamOptions) {}
+
+  get rid(): string {
+    return this.o.rid;
+  }
 
   /** Adds generated text. The first text leaves at once (time to first token); later text is batched. */
   push(text: string, tokens: number): void {
     if (this.ended) return;
     this.text += text;
     this.tokens += tokens;
-    if (!this.sentFirst || this.tokens >= this.maxBatchTokens) this.flush();
-    else this.flusher.mark(this);
+    if (!this.sentFirst || this.tokens >= this.o.maxBatchTokens) this.flush();
+    else this.o.flusher.mark(this);
   }
 
   /** Sends buffered text now. */
   flush(): void {
-    if (this.text.length === 0 && this.tokens === 0) return;
+    if (this.ended || (this.text.length === 0 && this.tokens === 0)) return;
     this.sentFirst = true;
-    this.send({ rid: this.rid, seq: this.seq++, type: 'tokens', text: this.text, n: this.tokens });
+    this.send({ rid: this.o.rid, seq: 0, type: 'tokens', text: this.text, n: this.tokens });
     this.text = '';
     this.tokens = 0;
   }
 
   /** Sends what is buffered and the `done` event; resolves when Redis has them. */
-  done(finish: FinishReason, promptTokens: number, completionTokens: number): Promise<unknown> {
-    return this.end({ rid: this.rid, seq: 0, type: 'done', finish, promptTokens, completionTokens });
+  done(finish: FinishReason, promptTokens: number, completionTokens: number): Promise<void> {
+    return this.end({ rid: this.o.rid, seq: 0, type: 'done', finish, promptTokens, completionTokens });
   }
 
   /** Sends what is buffered and an `error` event; resolves when Redis has them. */
-  fail(status: number, code: string, message: string): Promise<unknown> {
-    return this.end({ rid: this.rid, seq: 0, type: 'error', status, code, message });
+  fail(status: number, code: string, message: string): Promise<void> {
+    return this.end({ rid: this.o.rid, seq: 0, type: 'error', status, code, message });
   }
 
-  /** Drops buffered text without a terminal event (the client went away). */
+  /** Drops buffered text without a terminal event (the client went away, or the request is handed on). */
   discard(): void {
     this.ended = true;
-    this.flusher.unmark(this);
+    this.o.flusher.unmark(this);
   }
 
-  private end(ev: ReplyEvent): Promise<unknown> {
+  /** Resolves when every event sent so far has been answered by Redis. */
+  settled(): Promise<unknown> {
+    return this.last;
+  }
+
+  private end(ev: ReplyEvent): Promise<void> {
     if (!this.ended) {
       this.flush();
-      this.flusher.unmark(this);
+      this.o.flusher.unmark(this);
       this.ended = true;
-      ev.seq = this.seq++;
       this.send(ev);
     }
     return this.last.then(() => {
@@ -72,7 +96,14 @@ export class RequestStream {
   }
 
   private send(ev: ReplyEvent): void {
-    const p = this.writer.emit(this.gatewayId, ev);
+    const p = this.o.writer.emit(this.o.gatewayId, this.o.token, this.o.ttlMs, ev).then((seq) => {
+      if (seq === FENCED && !this.fenced) {
+        this.fenced = true;
+        this.ended = true;
+        this.o.flusher.unmark(this);
+        this.o.onFenced?.();
+      }
+    });
     p.catch((err: unknown) => {
       this.failure ??= err;
     });
@@ -82,8 +113,8 @@ export class RequestStream {
 
 /**
  * One timer for all requests of a worker: every `intervalMs` it flushes the
- * streams that have buffered text, so a busy worker sends one batch of XADDs
- * per interval instead of one per token.
+ * streams that have buffered text, so a busy worker sends one batch of
+ * events per interval instead of one per token.
  */
 export class Flusher {
   private readonly dirty = new Set<RequestStream>();

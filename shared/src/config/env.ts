@@ -54,10 +54,18 @@ const workerEnv = z.object({
   MODELS_DIR: z.string().default('models'),
   /** Base URL for `hf:` downloads. Default `https://huggingface.co`. */
   HF_ENDPOINT: z.string().url().default('https://huggingface.co'),
-  /** Heartbeat period. Default 2000 ms. */
-  HEARTBEAT_INTERVAL_MS: int(2000, 10),
-  /** A worker whose heartbeat is older than this is dead. Default 10000 ms. */
-  HEARTBEAT_TTL_MS: int(10_000, 20),
+  /** Heartbeat period. Default 1000 ms. */
+  HEARTBEAT_INTERVAL_MS: int(1000, 10),
+  /** A worker whose heartbeat is older than this is dead and its requests are taken over. Default 3000 ms. */
+  HEARTBEAT_TTL_MS: int(3000, 20),
+  /** How often a worker with room looks for dead workers' requests to take over. Default 1000 ms. */
+  RECLAIM_INTERVAL_MS: int(1000, 10),
+  /** Attempts a request gets (first run, takeovers, hand-backs) before it ends with an error. Default 3. */
+  MAX_ATTEMPTS: int(3, 1),
+  /** How long a request's state and delivered text stay in Redis after its deadline. Default 600000 ms. */
+  OUTPUT_RETENTION_MS: int(600_000, 1000),
+  /** `least-loaded`: only the worker with the lowest load after claiming waits for new work. `fifo`: every worker with room does. */
+  CLAIM_POLICY: z.enum(['least-loaded', 'fifo']).default('least-loaded'),
   /** Longest a token waits in the worker before it is sent. Default 15 ms. */
   FLUSH_INTERVAL_MS: int(15, 0),
   /** Tokens that force a send before the interval ends. Default 32. */
@@ -116,6 +124,10 @@ export interface WorkerConfig extends CommonConfig {
   hfEndpoint: string;
   heartbeatIntervalMs: number;
   heartbeatTtlMs: number;
+  reclaimIntervalMs: number;
+  maxAttempts: number;
+  outputRetentionMs: number;
+  claimPolicy: 'least-loaded' | 'fifo';
   flushIntervalMs: number;
   maxBatchTokens: number;
   drainTimeoutMs: number;
@@ -163,6 +175,10 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     hfEndpoint: e.HF_ENDPOINT,
     heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,
     heartbeatTtlMs: e.HEARTBEAT_TTL_MS,
+    reclaimIntervalMs: e.RECLAIM_INTERVAL_MS,
+    maxAttempts: e.MAX_ATTEMPTS,
+    outputRetentionMs: e.OUTPUT_RETENTION_MS,
+    claimPolicy: e.CLAIM_POLICY,
     flushIntervalMs: e.FLUSH_INTERVAL_MS,
     maxBatchTokens: e.MAX_BATCH_TOKENS,
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,

@@ -123,3 +123,11 @@ export function isTransientRedisError(err: unknown): boolean {
 export class PromptTooLongError extends EngineError {
   override name = 'PromptTooLongError';
 }
+
+/**
+ * The engine failed as a whole (its process died, it stopped answering), not
+ * because of the request: the agent hands the request to another attempt.
+ */
+export class EngineUnavailableError extends EngineError {
+  override name = 'EngineUnavailableError';
+}

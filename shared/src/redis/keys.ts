@@ -9,6 +9,9 @@
  * | `<p>:{model}:cancel:<rid>` | string, TTL | gateway | request cancelled |
  * | `<p>:gw:{id}:events` | stream, TTL | workers (created by its gateway) | token events for one gateway |
  * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
+ * | `<p>:gw:{id}:req:<rid>` | hash, TTL | workers | owner, next seq, tokens delivered, attempts, done |
+ * | `<p>:gw:{id}:out:<rid>` | string, TTL | workers | text delivered so far (for continuation) |
+ * | `<p>:{model}:load` | pub/sub channel | workers | a worker's load changed (least-loaded claiming) |
  * | `<p>:workers` | sorted set | workers | worker id -> last heartbeat ms |
  * | `<p>:worker:<id>` | string (JSON), TTL | workers | worker status |
  * | `<p>:deployments` | hash | controller | model name -> deployment JSON |
@@ -27,6 +30,20 @@ export class Keys {
 
   replies(gatewayId: string): string {
     return `${this.prefix}:gw:{${gatewayId}}:events`;
+  }
+
+  /** A request's state; in its gateway's slot so one script can update it with the reply stream. */
+  requestState(gatewayId: string, rid: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:req:${rid}`;
+  }
+
+  /** The text a request has delivered so far. */
+  requestOutput(gatewayId: string, rid: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:out:${rid}`;
+  }
+
+  loadChannel(model: string): string {
+    return `${this.prefix}:{${model}}:load`;
   }
 
   gatewayAlive(gatewayId: string): string {

@@ -45,6 +45,8 @@ export interface WorkerStatus {
   capacity: number;
   /** Requests running now. */
   inflight: number;
+  /** Integral of in-flight requests over time since start, in request-milliseconds (utilisation = its rate / capacity). */
+  busySlotMs: number;
   startedAt: number;
   /** Heartbeat time, ms since epoch. */
   at: number;

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { encodeJob, type Job } from '../protocol/job.js';
 import type { StreamEntries, XReadReply } from './connection.js';
 import { Keys, WORKER_GROUP } from './keys.js';
+import { scripts } from './scripts.js';
 
 /**
  * A model's queue: one Redis stream with one consumer group that every worker
@@ -58,6 +59,68 @@ export class RequestQueue {
       reply = await read();
     }
     return reply?.[0]?.[1] ?? [];
+  }
+
+  /** Claims up to `count` waiting entries without blocking (on any connection). */
+  async claimNow(model: string, consumer: string, count: number): Promise<StreamEntries> {
+    const reply = (await this.redis.xreadgroup(
+      'GROUP', WORKER_GROUP, consumer, 'COUNT', count, 'STREAMS', this.keys.requests(model), '>',
+    )) as XReadReply; // prettier-ignore
+    return reply?.[0]?.[1] ?? [];
+  }
+
+  /**
+   * Gives an entry back to the queue (re-appended, old one acked and removed,
+   * atomically), so another worker picks the request up.
+   */
+  async handBack(model: string, entryId: string, fields: readonly string[]): Promise<string> {
+    return String(await scripts.handback.run(this.redis, [this.keys.requests(model)], [WORKER_GROUP, entryId, ...fields]));
+  }
+
+  /** Consumers holding pending entries, with their counts. */
+  async pendingConsumers(model: string): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    try {
+      const r = (await this.redis.xpending(this.keys.requests(model), WORKER_GROUP)) as [
+        number,
+        string,
+        string,
+        [string, string][] | null,
+      ];
+      for (const [name, count] of r[3] ?? []) out.set(name, Number(count));
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOGROUP')) throw err;
+    }
+    return out;
+  }
+
+  /**
+   * Moves up to `count` of `from`'s pending entries to `to` and returns them.
+   * `minIdleMs` guards against a race: an entry another worker claimed a
+   * moment ago is not idle enough and stays where it is.
+   */
+  async takeOver(model: string, from: string, to: string, count: number, minIdleMs: number): Promise<StreamEntries> {
+    const key = this.keys.requests(model);
+    const pending = (await this.redis.xpending(key, WORKER_GROUP, '-', '+', count, from)) as [string, string, number, number][];
+    if (pending.length === 0) return [];
+    // JUSTID returns exactly the ids that moved (across Redis versions, whatever
+    // became of deleted entries); each one is then read back by id.
+    const ids = (await this.redis.xclaim(key, WORKER_GROUP, to, minIdleMs, ...pending.map((p) => p[0]), 'JUSTID')) as string[];
+    const out: StreamEntries = [];
+    for (const id of ids) {
+      const [entry] = (await this.redis.xrange(key, id, id)) as [string, string[]][];
+      if (entry) out.push(entry);
+      // Deleted from the stream while pending: nothing to run, so clear it.
+      else await this.redis.xack(key, WORKER_GROUP, id);
+    }
+    return out;
+  }
+
+  /** Removes a consumer that holds no pending entries; false if it still holds some. */
+  async deleteConsumerIfIdle(model: string, consumer: string): Promise<boolean> {
+    return (
+      Number(await scripts.deleteConsumerIfIdle.run(this.redis, [this.keys.requests(model)], [WORKER_GROUP, consumer])) === 1
+    );
   }
 
   /** Marks an entry done: acknowledged and removed, so the stream holds only live work. */

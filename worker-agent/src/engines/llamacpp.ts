@@ -14,7 +14,7 @@ import {
   type Token,
 } from 'node-llama-cpp';
 import { AbortError, EngineError, PromptTooLongError, type FinishReason, type JobParams } from '@llmux/shared';
-import type { Engine, GenerateResult, TextSink } from './types.js';
+import type { Engine, GenerateResult, Resume, TextSink } from './types.js';
 import { joinMessages } from './prompt.js';
 import { StopMatcher } from './stop.js';
 
@@ -76,8 +76,10 @@ export class LlamaCppEngine implements Engine {
   /**
    * The prompt as tokens, without BOS (LlamaCompletion prepends it), plus the
    * stop triggers the chat template adds (special tokens, matched by id).
+   * `prefix` is text already delivered: the model continues right after it.
+   * `promptTokens` counts the prompt alone.
    */
-  private render(params: JobParams): { tokens: Token[]; stops: LlamaText[] } {
+  private render(params: JobParams, prefix: string): { tokens: Token[]; stops: LlamaText[]; promptTokens: number } {
     const model = this.model!;
     if (params.kind === 'chat' && this.chatWrapper) {
       const history: ChatHistoryItem[] = [];
@@ -86,14 +88,21 @@ export class LlamaCppEngine implements Engine {
         else if (m.role === 'system' || m.role === 'developer') history.push({ type: 'system', text: m.content });
         else history.push({ type: 'user', text: m.content });
       }
-      history.push({ type: 'model', response: [] });
-      const state = this.chatWrapper.generateContextState({ chatHistory: history });
-      const tokens = state.contextText.tokenize(model.tokenizer);
-      if (tokens[0] === model.tokens.bos) tokens.shift();
-      return { tokens, stops: state.stopGenerationTriggers };
+      const renderWith = (partial: string) => {
+        const state = this.chatWrapper!.generateContextState({
+          chatHistory: [...history, { type: 'model', response: partial ? [partial] : [] }],
+        });
+        const tokens = state.contextText.tokenize(model.tokenizer);
+        if (tokens[0] === model.tokens.bos) tokens.shift();
+        return { tokens, stops: state.stopGenerationTriggers };
+      };
+      const full = renderWith(prefix);
+      const promptTokens = prefix ? renderWith('').tokens.length : full.tokens.length;
+      return { ...full, promptTokens };
     }
     const text = params.kind === 'chat' ? joinMessages(params.messages ?? []) : (params.prompt ?? '');
-    return { tokens: model.tokenize(text), stops: [] };
+    const promptTokens = model.tokenize(text).length;
+    return { tokens: prefix ? model.tokenize(text + prefix) : model.tokenize(text), stops: [], promptTokens };
   }
 
   /** Whether LlamaCompletion will put a BOS token before the prompt. */
@@ -101,19 +110,26 @@ export class LlamaCppEngine implements Engine {
     return this.model!.tokens.bos !== null && this.model!.tokens.shouldPrependBosToken;
   }
 
-  async generate(params: JobParams, onText: TextSink, signal: AbortSignal): Promise<GenerateResult> {
+  async generate(params: JobParams, onText: TextSink, signal: AbortSignal, resume?: Resume): Promise<GenerateResult> {
     if (!this.context) throw new EngineError('engine not started');
     if (signal.aborted) throw new AbortError();
-    const { tokens, stops } = this.render(params);
-    const promptTokens = tokens.length + (this.addsBos ? 1 : 0);
-    if (promptTokens >= this.contextSize) {
+    const rendered = this.render(params, resume?.text ?? '');
+    const { tokens, stops } = rendered;
+    const bos = this.addsBos ? 1 : 0;
+    const promptTokens = rendered.promptTokens + bos;
+    const inputTokens = tokens.length + bos;
+    if (inputTokens >= this.contextSize) {
       throw new PromptTooLongError(
-        `The prompt is ${promptTokens} tokens long; this model's context holds ${this.contextSize}, and one more is needed to generate.`,
+        `The prompt is ${inputTokens} tokens long; this model's context holds ${this.contextSize}, and one more is needed to generate.`,
       );
     }
     const seq = this.free.pop();
     if (!seq) throw new EngineError(`all ${this.capacity} sequences are busy (claimed past capacity)`);
-    const maxTokens = Math.min(params.maxTokens, this.contextSize - promptTokens);
+    const maxTokens = Math.min(params.maxTokens - (resume?.tokens ?? 0), this.contextSize - inputTokens);
+    if (maxTokens <= 0) {
+      this.free.push(seq);
+      return { finishReason: 'length', promptTokens, completionTokens: 0 };
+    }
     const completion = new LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false });
     // Ends generation early without an error: a stop sequence, or the token cap.
     const halt = new AbortController();

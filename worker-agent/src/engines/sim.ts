@@ -1,5 +1,5 @@
 import { AbortError, type JobParams } from '@llmux/shared';
-import type { Engine, GenerateResult, TextSink } from './types.js';
+import type { Engine, GenerateResult, Resume, TextSink } from './types.js';
 import { joinMessages } from './prompt.js';
 import { StopMatcher } from './stop.js';
 
@@ -59,11 +59,16 @@ export class SimEngine implements Engine {
 
   async start(): Promise<void> {}
 
-  generate(params: JobParams, onText: TextSink, signal: AbortSignal): Promise<GenerateResult> {
+  /**
+   * A continuation picks the story up at token `resume.tokens`, so a resumed
+   * run delivers exactly the text an uninterrupted one would.
+   */
+  generate(params: JobParams, onText: TextSink, signal: AbortSignal, resume?: Resume): Promise<GenerateResult> {
     const total = Math.min(params.maxTokens, this.opts.outputTokens ?? params.maxTokens);
     const promptTokens = simPromptTokens(params);
+    const start = resume?.tokens ?? 0;
     return new Promise((resolve, reject) => {
-      let i = 0;
+      let i = start;
       const matcher = new StopMatcher(params.stop ?? []);
       let timer: NodeJS.Timeout | null = null;
       const onAbort = () => {
@@ -79,7 +84,7 @@ export class SimEngine implements Engine {
         if (signal.aborted) return; // aborted from inside onText; onAbort already rejected
         if (matcher.stopped) {
           signal.removeEventListener('abort', onAbort);
-          resolve({ finishReason: 'stop', promptTokens, completionTokens: i });
+          resolve({ finishReason: 'stop', promptTokens, completionTokens: i - start });
           return;
         }
         if (i < total) {
@@ -89,8 +94,13 @@ export class SimEngine implements Engine {
         signal.removeEventListener('abort', onAbort);
         const rest = matcher.flush();
         if (rest) onText(rest, 0);
-        resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: total });
+        resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: total - start });
       };
+      if (start >= total) {
+        signal.removeEventListener('abort', onAbort);
+        resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: 0 });
+        return;
+      }
       timer = setTimeout(step, this.opts.ttftMs);
     });
   }

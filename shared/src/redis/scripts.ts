@@ -1,0 +1,40 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Redis } from 'ioredis';
+
+/**
+ * A Lua script from shared/lua, run with EVALSHA (auto-pipelined like any
+ * command) and sent in full only when Redis does not know it yet (first use,
+ * or after a restart). The file name ends in `-<numKeys>.lua`.
+ */
+export class Script {
+  readonly sha: string;
+  readonly numKeys: number;
+  readonly lua: string;
+
+  constructor(readonly name: string) {
+    this.lua = readFileSync(new URL(`../../lua/${name}.lua`, import.meta.url), 'utf8');
+    this.sha = createHash('sha1').update(this.lua).digest('hex');
+    const m = /-(\d+)$/.exec(name);
+    if (!m) throw new Error(`script name ${name} must end in -<numKeys>`);
+    this.numKeys = Number(m[1]);
+  }
+
+  async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    if (keys.length !== this.numKeys) throw new Error(`${this.name} takes ${this.numKeys} keys, got ${keys.length}`);
+    try {
+      return await redis.evalsha(this.sha, this.numKeys, ...keys, ...args);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return redis.eval(this.lua, this.numKeys, ...keys, ...args);
+    }
+  }
+}
+
+/** Every script of the data plane, loaded once per process. */
+export const scripts = {
+  begin: new Script('begin-2'),
+  emit: new Script('emit-3'),
+  handback: new Script('handback-1'),
+  deleteConsumerIfIdle: new Script('delete-consumer-if-idle-1'),
+};
