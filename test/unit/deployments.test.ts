@@ -82,7 +82,7 @@ describe('deployments: parseDeployments', () => {
   });
 
   it('refuses an unknown engine type and unknown fields', () => {
-    expect(configError(() => parseDeployments(withModel({ engine: { type: 'vllm' } })))).to.contain('models[0].engine');
+    expect(configError(() => parseDeployments(withModel({ engine: { type: 'tensorrt-llm' } })))).to.contain('models[0].engine');
     expect(configError(() => parseDeployments(withModel({ engine: { type: 'llamacpp', gpu: true } })))).to.contain(
       'models[0].engine',
     );
@@ -204,6 +204,7 @@ describe('environment: loadWorkerConfig', () => {
       logLevel: 'info',
       workerId: `${hostname().replace(/[^A-Za-z0-9_.-]/g, '_')}-${process.pid}`,
       models: null,
+      engineReplicas: 1,
       modelsDir: 'models',
       hfEndpoint: 'https://huggingface.co',
       heartbeatIntervalMs: 1000,

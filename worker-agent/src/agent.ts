@@ -31,6 +31,7 @@ import {
 } from '@llmux/shared';
 import { createEngine, type Engine } from './engines/index.js';
 import type { Resume } from './engines/types.js';
+import { ReplicaSet } from './engines/replicas.js';
 import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
 
@@ -144,7 +145,8 @@ export class WorkerAgent extends EventEmitter {
     for (const name of names) {
       const d = published.get(name);
       if (!d) throw new ConfigError(`WORKER_MODELS names "${name}", which is not in the deployments`);
-      const engine = await factory(d);
+      const replicas = await Promise.all(Array.from({ length: c.engineReplicas }, () => factory(d)));
+      const engine = replicas.length === 1 ? replicas[0]! : new ReplicaSet(replicas);
       const t0 = Date.now();
       await engine.start();
       this.logger.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
@@ -234,11 +236,18 @@ export class WorkerAgent extends EventEmitter {
     }
   }
 
-  /** Utilisation after taking one more request; Infinity when full or not claiming. */
+  /**
+   * The claim priority: (in-flight + 0.5) / capacity, or the engine's own load
+   * figure when higher; Infinity when full or not claiming. The lowest score
+   * waits for the next request. The half-request offset is the Sainte-Laguë
+   * divisor from proportional apportionment: it hands out requests in
+   * proportion to capacity without bias. Plain in-flight / capacity ties
+   * often, and ties go to the worker that has waited longest, usually the
+   * smallest; (in-flight + 1) / capacity favours the largest.
+   */
   private score(slot: Slot): number {
     if (this.state !== 'ready' || slot.inflight >= slot.engine.capacity) return Infinity;
-    const own = (slot.inflight + 1) / slot.engine.capacity;
-    return Math.max(own, slot.engine.load?.() ?? 0);
+    return Math.max((slot.inflight + 0.5) / slot.engine.capacity, slot.engine.load?.() ?? 0);
   }
 
   private publishLoad(slot: Slot, force = false): void {

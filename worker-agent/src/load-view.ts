@@ -1,8 +1,7 @@
 /**
  * One worker's view of its peers' load for one model, fed by the model's load
- * channel. A score is the utilisation a worker would have after claiming one
- * more request (Infinity when full); peers that stop reporting fall out after
- * `ttlMs`.
+ * channel. A score is a worker's current utilisation (Infinity when full);
+ * peers that stop reporting fall out after `ttlMs`.
  */
 export class LoadView {
   private readonly peers = new Map<string, { score: number; at: number }>();
@@ -21,7 +20,7 @@ export class LoadView {
     this.peers.delete(worker);
   }
 
-  /** Whether no live peer would be less loaded than `score` after taking the next request. */
+  /** Whether no live peer is less loaded than `score`. */
   isLeast(score: number): boolean {
     const now = Date.now();
     for (const [id, p] of this.peers) {

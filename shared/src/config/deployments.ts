@@ -45,7 +45,67 @@ export const simEngineSchema = z
   })
   .strict();
 
-export const engineSchema = z.discriminatedUnion('type', [llamacppEngineSchema, simEngineSchema]);
+/**
+ * Any OpenAI-compatible server (llama.cpp server, SGLang, TGI, Ollama, vLLM,
+ * another llmux gateway), reached over HTTP. Requests are streamed to it.
+ */
+export const openaiEngineSchema = z
+  .object({
+    type: z.literal('openai'),
+    /** The server's API root, e.g. `http://host:8000/v1`. */
+    baseUrl: z.url({ protocol: /^https?$/, error: 'must be an http or https URL' }),
+    /** Sent as `Authorization: Bearer <apiKey>`. */
+    apiKey: z.string().min(1).optional(),
+    /** The server's name for the model. Default: the deployment's name. */
+    model: z.string().min(1).optional(),
+    /** `chat` or `completions`: the upstream API every request uses. Default: the request's own kind. */
+    api: z.enum(['chat', 'completions']).optional(),
+    /**
+     * On a resumed chat, send `continue_final_message: true, add_generation_prompt: false`
+     * so the server continues the partial answer (vLLM supports it). Default false.
+     */
+    continueFinalMessage: z.boolean().default(false),
+    /** The model's context size, used by the gateway to validate `max_tokens`. Default 4096. */
+    contextSize: z.number().int().min(64).max(1_048_576).default(4096),
+    /** Give up on a server that sends nothing for this long, in ms (the request is retried elsewhere). Default: no limit. */
+    requestTimeoutMs: z.number().int().min(100).max(86_400_000).optional(),
+  })
+  .strict();
+
+/**
+ * vLLM run by the worker agent: `<command> <commandArgs...> serve <model>
+ * --host 127.0.0.1 --port <port> <args...>`, restarted when it exits.
+ */
+export const vllmEngineSchema = z
+  .object({
+    type: z.literal('vllm'),
+    /** The program to run. Default `vllm`. */
+    command: z.string().min(1).default('vllm'),
+    /** Arguments put before `serve` (e.g. a script, when `command` is an interpreter). Default []. */
+    commandArgs: z.array(z.string()).default([]),
+    /** Arguments put after `serve <model> --host 127.0.0.1 --port <port>`, e.g. `["--max-model-len", "8192"]`. Default []. */
+    args: z.array(z.string()).default([]),
+    /** The model vLLM serves (Hugging Face id or local path). Default: the deployment's `source` (without `hf:`), else its name. */
+    model: z.string().min(1).optional(),
+    /** Port vLLM listens on, on 127.0.0.1. 0 (default): a free port, picked at each start. */
+    port: z.number().int().min(0).max(65_535).default(0),
+    /** How long one start may take before `/health` answers 200, in ms. Default 600,000 (loading weights is slow). */
+    healthTimeoutMs: z.number().int().min(100).max(86_400_000).default(600_000),
+    /** How often `/metrics` is read for the engine's load, in ms. Default 1000. */
+    metricsIntervalMs: z.number().int().min(50).max(600_000).default(1000),
+    /** The model's context size, used by the gateway to validate `max_tokens`; keep it equal to vLLM's `--max-model-len`. Default 4096. */
+    contextSize: z.number().int().min(64).max(1_048_576).default(4096),
+    /** Extra environment variables for the vLLM process (e.g. `CUDA_VISIBLE_DEVICES`). */
+    env: z.record(z.string(), z.string()).optional(),
+  })
+  .strict();
+
+export const engineSchema = z.discriminatedUnion('type', [
+  llamacppEngineSchema,
+  simEngineSchema,
+  openaiEngineSchema,
+  vllmEngineSchema,
+]);
 
 export const deploymentSchema = z
   .object({

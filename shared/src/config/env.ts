@@ -50,6 +50,8 @@ const workerEnv = z.object({
     .optional(),
   /** Comma-separated deployment names to serve. Default: every deployment. */
   WORKER_MODELS: z.string().optional(),
+  /** Engine replicas per served deployment on this node (a bigger node runs more); capacity is replicas x concurrency. Default 1. */
+  ENGINE_REPLICAS: int(1, 1),
   /** Where `hf:` model sources are looked for and downloaded to. Default `./models`. (Plain paths are relative to the working folder.) */
   MODELS_DIR: z.string().default('models'),
   /** Base URL for `hf:` downloads. Default `https://huggingface.co`. */
@@ -120,6 +122,7 @@ export interface GatewayConfig extends CommonConfig {
 export interface WorkerConfig extends CommonConfig {
   workerId: string;
   models: string[] | null;
+  engineReplicas: number;
   modelsDir: string;
   hfEndpoint: string;
   heartbeatIntervalMs: number;
@@ -171,6 +174,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
           .map((s) => s.trim())
           .filter(Boolean)
       : null,
+    engineReplicas: e.ENGINE_REPLICAS,
     modelsDir: e.MODELS_DIR,
     hfEndpoint: e.HF_ENDPOINT,
     heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,

@@ -1,0 +1,114 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
+import { deferred } from '@llmux/shared';
+import { parsePrometheusText, simToken, vllmLoadMetrics, type VllmLoadMetrics } from '@llmux/worker-agent';
+
+const require = createRequire(import.meta.url);
+
+/** The sim server's entry module (worker-agent/dist/sim-server/main.js). */
+export const SIM_SERVER_MAIN = require.resolve('@llmux/worker-agent').replace(/index\.js$/, 'sim-server/main.js');
+
+/** One JSON event line of `--log-requests`. */
+export type SimEvent = { event: string; id?: string; state?: string; finish?: string; tokens?: number };
+
+/** The first `n` tokens of the sim story, joined. */
+export const story = (n: number, from = 0): string => Array.from({ length: n }, (_, i) => simToken(from + i)).join('');
+
+/**
+ * A real sim-server child process, started with `--log-requests` so a test
+ * can wait on its events (connections, admissions, request ends) instead of
+ * sleeping.
+ */
+export class SimServerProcess {
+  readonly child: ChildProcess;
+  readonly events: SimEvent[] = [];
+  readonly stderr: string[] = [];
+  url = '';
+  private readonly waiters: { match: (e: SimEvent) => boolean; resolve: (e: SimEvent) => void }[] = [];
+  private readonly exited: Promise<void>;
+
+  private constructor(args: string[]) {
+    this.child = fork(SIM_SERVER_MAIN, [...args, '--log-requests'], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    const ready = deferred<string>();
+    ready.promise.catch(() => {});
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        ready.reject(new Error(`sim-server exited (code ${code}, signal ${signal}): ${this.stderr.join('\n')}`));
+        resolve();
+      });
+    });
+    createInterface({ input: this.child.stderr! }).on('line', (l) => this.stderr.push(l));
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      const m = /^sim-server listening on (http:\/\/\S+)$/.exec(line);
+      if (m) return ready.resolve(m[1]!);
+      const e = JSON.parse(line) as SimEvent;
+      this.events.push(e);
+      for (let i = this.waiters.length - 1; i >= 0; i--) {
+        if (this.waiters[i]!.match(e)) this.waiters.splice(i, 1)[0]!.resolve(e);
+      }
+    });
+    this.readyP = ready.promise;
+  }
+
+  private readonly readyP: Promise<string>;
+
+  /** Forks the server with `args` and resolves once it printed its ready line. */
+  static async start(args: string[]): Promise<SimServerProcess> {
+    const p = new SimServerProcess(['--port', '0', ...args]);
+    p.url = await p.readyP;
+    return p;
+  }
+
+  /** Resolves with the `count`-th event (counting past ones) that matches. */
+  async waitFor(match: (e: SimEvent) => boolean, count = 1): Promise<SimEvent[]> {
+    const seen = this.events.filter(match);
+    while (seen.length < count) {
+      seen.push(
+        await new Promise<SimEvent>((resolve) => this.waiters.push({ match: (e) => match(e) && !seen.includes(e), resolve })),
+      );
+    }
+    return seen.slice(0, count);
+  }
+
+  count(match: (e: SimEvent) => boolean): number {
+    return this.events.filter(match).length;
+  }
+
+  async metrics(): Promise<VllmLoadMetrics> {
+    const res = await fetch(`${this.url}/metrics`);
+    return vllmLoadMetrics(parsePrometheusText(await res.text()));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGTERM');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+/** Whether a process with this pid exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Awaits a promise that must reject, and returns the reason. */
+export async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected the promise to reject');
+}
