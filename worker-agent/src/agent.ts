@@ -76,6 +76,8 @@ interface Active {
 const CLAIM_BLOCK_MS = 2000;
 /** A worker that is not the least loaded looks for unclaimed work this often. */
 const NOT_LEAST_POLL_MS = 25;
+/** How often a worker whose engine cannot take work checks again. */
+const ENGINE_RECHECK_MS = 100;
 /** An entry must be idle this long before a takeover moves it (guards two workers taking the same one). */
 const TAKEOVER_MIN_IDLE_MS = 1000;
 
@@ -146,6 +148,7 @@ export class WorkerAgent extends EventEmitter {
       const d = published.get(name);
       if (!d) throw new ConfigError(`WORKER_MODELS names "${name}", which is not in the deployments`);
       const replicas = await Promise.all(Array.from({ length: c.engineReplicas }, () => factory(d)));
+      replicas.forEach((r, i) => this.watchEngine(r, name, i));
       const engine = replicas.length === 1 ? replicas[0]! : new ReplicaSet(replicas);
       const t0 = Date.now();
       await engine.start();
@@ -193,6 +196,22 @@ export class WorkerAgent extends EventEmitter {
       this.publishLoad(slot);
       slot.loop = this.claimLoop(slot);
     }
+  }
+
+  /** Logs the process events of engines that run one (vllm). */
+  private watchEngine(engine: Engine, model: string, replica: number): void {
+    if (!(engine instanceof EventEmitter)) return;
+    const log = this.logger.child({ model, replica });
+    engine.on('spawn', (e: object) => log.info(e, 'engine process started'));
+    engine.on('ready', (e: object) => log.info(e, 'engine ready'));
+    engine.on('exit', (e: object) => log.warn(e, 'engine process exited'));
+    engine.on('restart', (e: object) => log.warn(e, 'engine restart scheduled'));
+    engine.on('error', (err: unknown) => log.warn({ err }, 'engine error'));
+  }
+
+  /** Whether the engine can take work now (an engine restarting, or saturated by its own account, cannot). */
+  private engineAvailable(slot: Slot): boolean {
+    return (slot.engine.load?.() ?? 0) < 1;
   }
 
   /** The agent's status as its heartbeat reports it. */
@@ -246,7 +265,7 @@ export class WorkerAgent extends EventEmitter {
    * smallest; (in-flight + 1) / capacity favours the largest.
    */
   private score(slot: Slot): number {
-    if (this.state !== 'ready' || slot.inflight >= slot.engine.capacity) return Infinity;
+    if (this.state !== 'ready' || slot.inflight >= slot.engine.capacity || !this.engineAvailable(slot)) return Infinity;
     return Math.max((slot.inflight + 0.5) / slot.engine.capacity, slot.engine.load?.() ?? 0);
   }
 
@@ -282,6 +301,15 @@ export class WorkerAgent extends EventEmitter {
       if (free <= 0) {
         slot.wake = deferred();
         await slot.wake.promise;
+        continue;
+      }
+      if (!this.engineAvailable(slot)) {
+        // Restarting or saturated: claim nothing until it recovers.
+        slot.wake = deferred();
+        const t = setTimeout(() => this.wakeLoop(slot), ENGINE_RECHECK_MS);
+        await slot.wake.promise;
+        clearTimeout(t);
+        this.publishLoad(slot);
         continue;
       }
       let entries: StreamEntries;
