@@ -97,7 +97,9 @@ const rows = [
 console.log(`\nevent batching: ${REQUESTS} streams x ${TOKENS} tokens, ${CONCURRENCY} at once, llama.cpp on llama-2-tiny-random`);
 console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}\n`);
 // Redis counts the commands a script runs as well as the script call itself.
-console.log('| mode | tokens | XADDs | tokens per XADD | script calls | Redis commands (incl. inside scripts) | per 1k tokens | tokens/s |');
+console.log(
+  '| mode | tokens | XADDs | tokens per XADD | script calls | Redis commands (incl. inside scripts) | per 1k tokens | tokens/s |',
+);
 console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) {
   console.log(

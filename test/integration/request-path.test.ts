@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { decodeEvent, type ReplyEvent } from '@llmux/shared';
+import { decodeEvent, type ReplyEvent, type WorkerStatus } from '@llmux/shared';
 import { TestSystem } from '../helpers/system.js';
 import { testModel } from '../helpers/models.js';
 import { parseSse, post, streamedText, type ChatChunk } from '../helpers/http.js';
@@ -203,6 +203,19 @@ describe('request path (real Redis, real processes, llama.cpp engine)', function
     // The slot is free again: a new request is served.
     const after = await chat({ model: 'tiny-random', max_tokens: 3 });
     expect(after.status).to.equal(200);
+  });
+
+  it('heartbeats its models, capacity, load and engine state with a TTL', async () => {
+    const raw = await sys.redis.get(sys.keys.worker('w0'));
+    const status = JSON.parse(raw!) as WorkerStatus;
+    expect(status.state).to.equal('ready');
+    expect(status.models.sort()).to.deep.equal(['stories', 'tiny-random']);
+    expect(status.engines).to.deep.equal({ stories: 'ready', 'tiny-random': 'ready' });
+    expect(status.capacity).to.equal(8);
+    // The figure of the last heartbeat, taken while earlier tests' requests may still have run.
+    expect(status.inflight).to.be.within(0, status.capacity);
+    expect(await sys.redis.pttl(sys.keys.worker('w0'))).to.be.within(1, 3000);
+    expect(await sys.redis.zscore(sys.keys.workers(), 'w0')).to.not.equal(null);
   });
 
   it('leaves no request entries behind and gives per-request keys a TTL', async () => {

@@ -229,6 +229,7 @@ export class WorkerAgent extends EventEmitter {
       pid: process.pid,
       state: this.state,
       models: [...this.slots.keys()],
+      engines: Object.fromEntries([...this.slots.values()].map((s) => [s.model, s.engine.state ?? 'ready'])),
       capacity,
       inflight,
       busySlotMs: Math.round(this.busySlotMs),

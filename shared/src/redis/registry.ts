@@ -41,6 +41,8 @@ export interface WorkerStatus {
   state: 'starting' | 'ready' | 'draining' | 'stopped';
   /** Deployment names served. */
   models: string[];
+  /** Each served deployment's engine state (`ready`, or a process engine's `starting`, `restarting`…). */
+  engines: Record<string, string>;
   /** Concurrent requests the agent can run. */
   capacity: number;
   /** Requests running now. */

@@ -18,6 +18,12 @@ export class ReplicaSet implements Engine {
     this.busy = replicas.map(() => 0);
   }
 
+  /** The replicas' states, `ready` when all are ready, else e.g. `ready,restarting`. */
+  get state(): string {
+    const states = [...new Set(this.replicas.map((r) => r.state ?? 'ready'))];
+    return states.join(',');
+  }
+
   async start(): Promise<void> {
     await Promise.all(this.replicas.map((r) => r.start()));
   }

@@ -38,6 +38,8 @@ export interface Engine {
   readonly capacity: number;
   /** Tokens of prompt plus completion one request may use. */
   readonly contextSize: number;
+  /** Lifecycle state for heartbeats, for engines that run a process (vllm: starting, ready, restarting…). */
+  readonly state?: string;
   start(): Promise<void>;
   generate(params: JobParams, onText: TextSink, signal: AbortSignal, resume?: Resume): Promise<GenerateResult>;
   /**
