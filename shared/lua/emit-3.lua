@@ -38,4 +38,8 @@ else
 end
 redis.call('PEXPIRE', state, ARGV[2])
 redis.call('PEXPIRE', out, ARGV[2])
+-- XADD recreates a reply stream that expired (its gateway is gone): never leave it without a TTL.
+if redis.call('PTTL', stream) == -1 then
+  redis.call('PEXPIRE', stream, ARGV[2])
+end
 return seq

@@ -51,6 +51,8 @@ interface Slot {
   engine: Engine;
   /** Claimed and not yet finished. */
   inflight: number;
+  /** Entry ids being run now; a pending entry of ours that is not here was left behind. */
+  running: Set<string>;
   blocking: Redis;
   /** CLIENT ID of the blocking connection, to cut a wait short with CLIENT UNBLOCK. */
   blockingId: number | null;
@@ -147,6 +149,11 @@ export class WorkerAgent extends EventEmitter {
     for (const name of names) {
       const d = published.get(name);
       if (!d) throw new ConfigError(`WORKER_MODELS names "${name}", which is not in the deployments`);
+      if (d.engine.type === 'vllm' && d.engine.port !== 0 && c.engineReplicas > 1) {
+        throw new ConfigError(
+          `deployment "${name}" fixes vllm port ${d.engine.port}; with ENGINE_REPLICAS > 1 set its port to 0`,
+        );
+      }
       const replicas = await Promise.all(Array.from({ length: c.engineReplicas }, () => factory(d)));
       replicas.forEach((r, i) => this.watchEngine(r, name, i));
       const engine = replicas.length === 1 ? replicas[0]! : new ReplicaSet(replicas);
@@ -161,6 +168,7 @@ export class WorkerAgent extends EventEmitter {
         deployment: d,
         engine,
         inflight: 0,
+        running: new Set(),
         blocking,
         blockingId: null,
         blocked: false,
@@ -352,30 +360,37 @@ export class WorkerAgent extends EventEmitter {
   private startRun(slot: Slot, entryId: string, fields: string[], takeover: boolean): void {
     this.accrueBusy();
     slot.inflight++;
+    slot.running.add(entryId);
     this.publishLoad(slot);
     const run = this.run(slot, entryId, fields, takeover);
     this.runs.add(run);
     void run.finally(() => this.runs.delete(run));
   }
 
-  /** Takes over the requests of consumers whose worker is no longer alive. */
+  /**
+   * The periodic sweep: takes over the requests of consumers whose worker is
+   * no longer alive, takes back its own pending entries that nothing runs (an
+   * ack or hand-back that failed), and clears dead workers from the group and
+   * the workers set.
+   */
   private async reclaimDead(): Promise<void> {
     if (this.reclaiming || this.state !== 'ready') return;
     this.reclaiming = true;
     try {
       const live = new Set((await this.workers.live()).map((w) => w.id));
       for (const slot of this.slots.values()) {
-        const consumers = await this.queue.pendingConsumers(slot.model);
-        for (const name of consumers.keys()) {
+        const pending = await this.queue.pendingConsumers(slot.model);
+        if (pending.has(this.id)) await this.reclaimFrom(slot, this.id, TAKEOVER_MIN_IDLE_MS);
+        for (const name of await this.queue.consumers(slot.model)) {
           if (name === this.id || live.has(name)) continue;
-          await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS);
+          if (pending.has(name)) await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS);
           if (await this.queue.deleteConsumerIfIdle(slot.model, name)) {
-            await this.workers.remove(name);
             slot.view.remove(name);
             this.logger.info({ model: slot.model, dead: name }, 'dead worker cleared');
           }
         }
       }
+      await this.workers.prune();
     } catch (err) {
       this.logger.warn({ err }, 'reclaim sweep failed');
     } finally {
@@ -385,9 +400,13 @@ export class WorkerAgent extends EventEmitter {
 
   private async reclaimFrom(slot: Slot, consumer: string, minIdleMs: number): Promise<void> {
     const free = slot.engine.capacity - slot.inflight;
-    if (free <= 0) return;
-    const entries = await this.queue.takeOver(slot.model, consumer, this.id, free, minIdleMs);
+    // An engine that cannot take work would only burn the requests' attempts.
+    if (free <= 0 || !this.engineAvailable(slot)) return;
+    // Our own list includes the entries we are running; look past them.
+    const count = consumer === this.id ? free + slot.running.size : free;
+    const entries = await this.queue.takeOver(slot.model, consumer, this.id, count, minIdleMs);
     for (const [entryId, fields] of entries) {
+      if (slot.running.has(entryId)) continue; // ours and running: only its idle time was reset
       this.logger.info({ model: slot.model, entryId, from: consumer }, 'request taken over');
       this.startRun(slot, entryId, fields, true);
     }
@@ -509,13 +528,16 @@ export class WorkerAgent extends EventEmitter {
   private async finish(slot: Slot, entryId: string, outcome: 'ack' | 'handback' | 'leave', fields?: string[]): Promise<void> {
     try {
       if (outcome === 'ack') await this.queue.ack(slot.model, entryId);
-      else if (outcome === 'handback') await this.queue.handBack(slot.model, entryId, fields!);
+      else if (outcome === 'handback' && (await this.queue.handBack(slot.model, entryId, this.id, fields!)) === null) {
+        this.logger.warn({ model: slot.model, entryId }, 'hand-back skipped: another worker holds the entry now');
+      }
     } catch (err) {
       // The entry stays pending under this worker; a takeover (ours after a restart, or a peer's) finishes it.
       this.logger.warn({ err, model: slot.model, entryId, outcome }, 'could not settle the entry');
     }
     this.accrueBusy();
     slot.inflight--;
+    slot.running.delete(entryId);
     this.publishLoad(slot);
     this.wakeLoop(slot);
   }

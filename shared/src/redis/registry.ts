@@ -72,6 +72,15 @@ export class WorkerRegistry {
     await Promise.all([this.redis.zrem(this.keys.workers(), workerId), this.redis.del(this.keys.worker(workerId))]);
   }
 
+  /** Removes from the workers set every id whose status key has expired. */
+  async prune(): Promise<void> {
+    const ids = await this.redis.zrange(this.keys.workers(), '0', '-1');
+    if (ids.length === 0) return;
+    const values = await this.redis.mget(ids.map((id) => this.keys.worker(id)));
+    const dead = ids.filter((_, i) => values[i] === null);
+    if (dead.length > 0) await this.redis.zrem(this.keys.workers(), ...dead);
+  }
+
   /** Workers whose status key has not expired. */
   async live(): Promise<WorkerStatus[]> {
     const ids = await this.redis.zrange(this.keys.workers(), '0', '-1');

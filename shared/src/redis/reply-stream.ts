@@ -1,24 +1,7 @@
 import type { Redis } from 'ioredis';
-import { decodeEvent, encodeEvent, type ReplyEvent } from '../protocol/events.js';
+import { decodeEvent, type ReplyEvent } from '../protocol/events.js';
 import type { XReadReply } from './connection.js';
-import type { Keys } from './keys.js';
 import { settleWithin } from '../util/index.js';
-
-/**
- * Writes token events onto a gateway's reply stream. With ioredis
- * auto-pipelining, every event emitted in one tick leaves in one write.
- */
-export class ReplyWriter {
-  constructor(
-    private readonly redis: Redis,
-    private readonly keys: Keys,
-    private readonly maxLen: number,
-  ) {}
-
-  emit(gatewayId: string, ev: ReplyEvent): Promise<unknown> {
-    return this.redis.xadd(this.keys.replies(gatewayId), 'MAXLEN', '~', this.maxLen, '*', ...encodeEvent(ev));
-  }
-}
 
 export interface ReplyReaderOptions {
   /** How long one XREAD blocks; bounds how long close() may wait. Default 2000 ms. */

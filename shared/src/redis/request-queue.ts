@@ -71,10 +71,23 @@ export class RequestQueue {
 
   /**
    * Gives an entry back to the queue (re-appended, old one acked and removed,
-   * atomically), so another worker picks the request up.
+   * atomically), so another worker picks the request up. Returns the new
+   * entry id, or null when `consumer` no longer holds the entry.
    */
-  async handBack(model: string, entryId: string, fields: readonly string[]): Promise<string> {
-    return String(await scripts.handback.run(this.redis, [this.keys.requests(model)], [WORKER_GROUP, entryId, ...fields]));
+  async handBack(model: string, entryId: string, consumer: string, fields: readonly string[]): Promise<string | null> {
+    const r = await scripts.handback.run(this.redis, [this.keys.requests(model)], [WORKER_GROUP, entryId, consumer, ...fields]);
+    return r ? String(r) : null;
+  }
+
+  /** Every consumer of the model's group (with or without pending entries). */
+  async consumers(model: string): Promise<string[]> {
+    try {
+      const list = (await this.redis.xinfo('CONSUMERS', this.keys.requests(model), WORKER_GROUP)) as unknown[][];
+      return list.map((c) => String(c[c.indexOf('name') + 1]));
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOGROUP')) throw err;
+      return [];
+    }
   }
 
   /** Consumers holding pending entries, with their counts. */

@@ -77,10 +77,16 @@ export class SimEngine implements Engine {
       };
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
+      // Tokens whose text the stop matcher holds back are counted with the text that releases them.
+      let pending = 0;
       const step = () => {
         const out = matcher.push(simToken(i));
         i++;
-        if (out) onText(out, 1);
+        pending++;
+        if (out) {
+          onText(out, pending);
+          pending = 0;
+        }
         if (signal.aborted) return; // aborted from inside onText; onAbort already rejected
         if (matcher.stopped) {
           signal.removeEventListener('abort', onAbort);
@@ -93,7 +99,7 @@ export class SimEngine implements Engine {
         }
         signal.removeEventListener('abort', onAbort);
         const rest = matcher.flush();
-        if (rest) onText(rest, 0);
+        if (rest || pending > 0) onText(rest, pending);
         resolve({ finishReason: total < params.maxTokens ? 'stop' : 'length', promptTokens, completionTokens: total - start });
       };
       if (start >= total) {
