@@ -1,19 +1,33 @@
 import { ConfigError, createLogger, loadControllerConfig } from '@llmux/shared';
-import { startLocal } from './local/local-mode.js';
+import { readAdminTls, startAdminServer, type AdminServer } from './admin/server.js';
+import { Controller } from './controller.js';
+import { ensureRedis, type EmbeddedRedis } from './local/embedded-redis.js';
 
 /**
- * Entrypoint of `npm start`: in local mode, the whole system on this machine.
- * Prints one ready line with the URL and a curl example.
+ * Entrypoint of the controller and of `npm start`. In local mode it runs the
+ * whole system on this machine (a private redis-server when none answers)
+ * and prints one ready line with the URL and a curl example.
  */
 async function main(): Promise<void> {
   const config = loadControllerConfig();
   const logger = createLogger('controller', config.logLevel);
+  let redisUrl = config.redisUrl;
+  let embedded: EmbeddedRedis | null = null;
+  if (config.mode === 'local') {
+    ({ url: redisUrl, embedded } = await ensureRedis(config.redisUrl, { allowEmbedded: config.embeddedRedis, logger }));
+  }
+  const controller = new Controller({ config, redisUrl, logger });
+  let admin: AdminServer | null = null;
+
   let stopping: Promise<void> | null = null;
-  let system: Awaited<ReturnType<typeof startLocal>> | null = null;
   const stop = (signal: string) => {
     if (stopping) return;
     process.stderr.write(`\nstopping (${signal})...\n`);
-    stopping = (system?.stop() ?? Promise.resolve()).then(
+    stopping = (async () => {
+      await controller.close().catch(() => {});
+      await admin?.close().catch(() => {});
+      await embedded?.stop().catch(() => {});
+    })().then(
       () => process.exit(0),
       () => process.exit(1),
     );
@@ -21,19 +35,50 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
 
-  system = await startLocal(config, logger);
-  if (stopping) return;
-  const model = system.deployments.models[0]!.name;
-  const body = JSON.stringify({ model, messages: [{ role: 'user', content: 'Once upon a time' }], stream: true });
-  process.stdout.write(
-    `llmux ready at ${system.url} (models: ${system.deployments.models.map((m) => m.name).join(', ')}; redis: ${system.redisUrl})\n` +
-      `  try: curl -N ${system.url}/v1/chat/completions -d '${body}'\n` +
-      `   or: curl -N ${system.url}/v1/chat/${model} -d 'Once upon a time'\n`,
-  );
+  try {
+    if (config.admin) {
+      const tls = config.admin.tls ? await readAdminTls(config.admin.tls.cert, config.admin.tls.key) : null;
+      admin = await startAdminServer(controller, {
+        host: config.admin.host,
+        port: config.admin.port,
+        token: config.admin.token,
+        tls,
+        logger,
+      });
+    }
+    const printReady = async () => {
+      if (config.mode !== 'local') {
+        process.stdout.write(`llmux controller ${controller.id} leads (cluster mode; admin ${admin?.address ?? 'off'})\n`);
+        return;
+      }
+      const url = await controller.localReady();
+      const models = (await controller.listDeployments()).map((d) => d.name);
+      const model = models[0] ?? 'MODEL';
+      const body = JSON.stringify({ model, messages: [{ role: 'user', content: 'Once upon a time' }], stream: true });
+      process.stdout.write(
+        `llmux ready at ${url} (models: ${models.join(', ')}; redis: ${redisUrl}; admin: ${admin?.address ?? 'off'})\n` +
+          `  try: curl -N ${url}/v1/chat/completions -d '${body}'\n` +
+          `   or: curl -N ${url}/v1/chat/${model} -d 'Once upon a time'\n`,
+      );
+    };
+    const role = await controller.start(admin?.address ?? null);
+    process.send?.({ type: 'ready', component: 'controller', role, admin: admin?.address ?? null });
+    if (role === 'leader') await printReady();
+    else {
+      const leader = await controller.leader();
+      process.stdout.write(`llmux controller ${controller.id} is a standby (leader: ${leader?.id ?? 'none yet'})\n`);
+      await controller.leaderReady;
+      if (!stopping) await printReady();
+    }
+  } catch (err) {
+    if (stopping) return;
+    const msg = err instanceof ConfigError ? err.message : ((err as Error)?.stack ?? String(err));
+    process.stderr.write(`llmux failed to start: ${msg}\n`);
+    await controller.close().catch(() => {});
+    await admin?.close().catch(() => {});
+    await embedded?.stop().catch(() => {});
+    process.exit(1);
+  }
 }
 
-main().catch((err: unknown) => {
-  const msg = err instanceof ConfigError ? err.message : ((err as Error)?.stack ?? String(err));
-  process.stderr.write(`llmux failed to start: ${msg}\n`);
-  process.exit(1);
-});
+void main();

@@ -1,5 +1,6 @@
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';
-import { ApiError, InvalidRequestError, NotFoundError, PayloadTooLargeError } from '@llmux/shared';
+import { ApiError, InvalidRequestError, NotFoundError, PayloadTooLargeError, ServiceUnavailableError } from '@llmux/shared';
+import { OverloadedError, retryAfterOf } from './admission/errors.js';
 import type { GatewayContext } from './context.js';
 import { sendError } from './relay/sinks.js';
 import { healthRoutes } from './routes/health.js';
@@ -45,18 +46,23 @@ export function createApp(ctx: GatewayContext): express.Express {
   app.set('etag', false);
   app.set('query parser', 'simple');
 
-  app.use(healthRoutes(ctx));
-  app.use(openaiRoutes(ctx));
-
   const notFound: RequestHandler = (req, res) => {
     sendError(res, new NotFoundError(`Invalid URL (${req.method} ${req.path})`, 'unknown_url'));
   };
+  // Express would answer OPTIONS itself (200, the allowed methods as text). There is no CORS
+  // support to offer, so OPTIONS gets the same 404 as any other method a route does not serve.
+  app.use((req, res, next) => (req.method === 'OPTIONS' ? notFound(req, res, next) : next()));
+  app.use(healthRoutes(ctx));
+  app.use(openaiRoutes(ctx));
   app.use(notFound);
 
   const onError: ErrorRequestHandler = (err, req, res, _next) => {
     const api = toApiError(err, ctx.config.maxBodyBytes);
     if (!api) ctx.log.error({ err, method: req.method, path: req.path }, 'unhandled error');
-    else if (api.status >= 500) ctx.log.warn({ err: api.message, path: req.path }, 'request failed');
+    // Refusals while Redis is down or the gateway is full are logged once, as a state change, not per request.
+    else if (api instanceof ServiceUnavailableError || api instanceof OverloadedError) {
+      ctx.log.debug({ err: api.message, path: req.path }, 'request refused');
+    } else if (api.status >= 500) ctx.log.warn({ err: api.message, path: req.path }, 'request failed');
     if (res.headersSent) {
       res.destroy();
       return;
@@ -64,7 +70,8 @@ export function createApp(ctx: GatewayContext): express.Express {
     const out =
       api ?? new ApiError(500, 'The server had an error while processing your request.', 'server_error', 'internal_error');
     const headers: Record<string, string> = {};
-    if (out.status === 503 || out.status === 429) headers['retry-after'] = '1';
+    const retryAfter = retryAfterOf(out) ?? (out.status === 503 || out.status === 429 ? 1 : undefined);
+    if (retryAfter !== undefined) headers['retry-after'] = String(retryAfter);
     sendError(res, out, headers);
   };
   app.use(onError);

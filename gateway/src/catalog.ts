@@ -17,10 +17,20 @@ export class ModelCatalog {
     private readonly minRefreshMs = 1000,
   ) {}
 
+  /**
+   * Reloads the published deployments. An empty list does not replace a
+   * loaded one: the controller always publishes at least one deployment, so
+   * an empty hash means Redis restarted without persistence and the list is
+   * not published again yet; the gateway keeps serving what it knew.
+   */
   refresh(): Promise<void> {
     this.refreshing ??= this.registry
       .load()
       .then((map) => {
+        if (map.size === 0 && this.deployments.length > 0) {
+          this.loadedAt = Date.now();
+          return;
+        }
         const byName = new Map<string, Deployment>();
         for (const d of map.values()) {
           byName.set(d.name, d);
@@ -36,7 +46,11 @@ export class ModelCatalog {
     return this.refreshing;
   }
 
-  /** The deployment serving `name`, refreshing once if it is unknown and the cache is not fresh. */
+  /**
+   * The deployment serving `name`, refreshing once if it is unknown and the
+   * cache is not fresh. Rejects when that refresh fails: whether the model
+   * exists cannot be told then.
+   */
   async resolve(name: string): Promise<Deployment | undefined> {
     const hit = this.byName.get(name);
     if (hit || Date.now() - this.loadedAt < this.minRefreshMs) return hit;
@@ -44,7 +58,13 @@ export class ModelCatalog {
       await this.refresh();
     } catch (err) {
       this.log.warn({ err }, 'could not refresh deployments');
+      throw err;
     }
+    return this.byName.get(name);
+  }
+
+  /** The cached deployment serving `name`, without any refresh. */
+  get(name: string): Deployment | undefined {
     return this.byName.get(name);
   }
 

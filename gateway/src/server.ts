@@ -14,6 +14,8 @@ import {
   type Logger,
   type Redis,
 } from '@llmux/shared';
+import { QueueMonitor, redisQueueSampler } from './admission/queue-monitor.js';
+import { RedisCircuit } from './admission/redis-circuit.js';
 import { createApp } from './app.js';
 import { ModelCatalog } from './catalog.js';
 import type { GatewayContext } from './context.js';
@@ -73,6 +75,8 @@ export class Gateway {
       catalog: new ModelCatalog(new DeploymentRegistry(this.redis, this.keys), this.log),
       dispatcher,
       workers: new WorkerRegistry(this.redis, this.keys),
+      circuit: new RedisCircuit(this.redis, this.log),
+      queues: new QueueMonitor(redisQueueSampler(this.redis, this.keys), { log: this.log }),
     };
     this.server = createServer({ keepAliveTimeout: 65_000 }, createApp(this.ctx));
   }
@@ -89,6 +93,8 @@ export class Gateway {
     this.reader.start();
     await this.ctx.catalog.refresh().catch((err: unknown) => this.log.warn({ err }, 'could not load deployments'));
     this.catalogTimer = setInterval(() => this.ctx.catalog.refresh().catch(() => {}), 5000);
+    // Drain rates are measured for every published model, whether or not this gateway has seen a request for it.
+    this.ctx.queues.start(() => (this.ctx.circuit.isClosed ? this.ctx.catalog.list().map((d) => d.name) : []));
     this.aliveTimer = setInterval(() => void this.alive(), ALIVE_INTERVAL_MS);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -156,6 +162,8 @@ export class Gateway {
     this.server.closeAllConnections();
     await closed;
     for (const t of [this.aliveTimer, this.catalogTimer]) if (t) clearInterval(t);
+    this.ctx.queues.stop();
+    this.ctx.circuit.close();
     this.blocking.disconnect();
     await this.reader.stop();
     if (!(await settleWithin(this.redis.quit(), 1000))) this.redis.disconnect();

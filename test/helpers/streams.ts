@@ -1,6 +1,12 @@
 import { expect } from 'chai';
 import { decodeEvent, type ReplyEvent } from '@llmux/shared';
-import type { TestSystem } from './system.js';
+import type { Keys, Redis } from '@llmux/shared';
+
+/** Where to read a system's Redis state: a TestSystem or any client with the system's key names. */
+export interface RedisView {
+  redis: Redis;
+  keys: Keys;
+}
 import { parseSse, streamedText, type ChatChunk } from './http.js';
 
 /** A streaming request in flight: its id (from x-request-id), first chunk received, and the whole body to come. */
@@ -48,7 +54,7 @@ export async function openStream(url: string, model: string, maxTokens: number, 
 }
 
 /** Every event the workers wrote for `rid`, in reply-stream order. */
-export async function replyEvents(sys: TestSystem, gatewayId: string, rid: string): Promise<ReplyEvent[]> {
+export async function replyEvents(sys: RedisView, gatewayId: string, rid: string): Promise<ReplyEvent[]> {
   const entries = (await sys.redis.xrange(sys.keys.replies(gatewayId), '-', '+')) as [string, string[]][];
   return entries.map(([, f]) => decodeEvent(f)).filter((e): e is ReplyEvent => e !== null && e.rid === rid);
 }
@@ -59,7 +65,7 @@ export async function replyEvents(sys: TestSystem, gatewayId: string, rid: strin
  * terminal event last, token counts adding up, and the same text as the
  * client received. Returns the text.
  */
-export async function expectComplete(sys: TestSystem, gatewayId: string, s: OpenStream): Promise<string> {
+export async function expectComplete(sys: RedisView, gatewayId: string, s: OpenStream): Promise<string> {
   const events = parseSse(await s.body);
   expect(events.at(-1)?.data, `${s.rid} ended with [DONE]`).to.equal('[DONE]');
   const usage = JSON.parse(events.at(-2)!.data) as ChatChunk;

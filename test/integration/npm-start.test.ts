@@ -63,7 +63,7 @@ describe('npm start: the whole system on one machine', function () {
     launcher = new TestProcess(
       'launcher',
       entryOf('@llmux/controller'),
-      { REDIS_URL: deadRedis, PORT: String(await freePort()), DEPLOYMENTS_FILE: deployments, LOG_LEVEL: 'warn' },
+      { REDIS_URL: deadRedis, PORT: String(await freePort()), ADMIN_PORT: '0', DEPLOYMENTS_FILE: deployments, LOG_LEVEL: 'warn' },
       { detached: true },
     );
     const line = await launcher.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('llmux ready at'));
@@ -77,7 +77,7 @@ describe('npm start: the whole system on one machine', function () {
 
   it('prints one ready line with the URL, and says it started a private Redis', async () => {
     expect(ready).to.match(
-      /^llmux ready at http:\/\/127\.0\.0\.1:\d+ \(models: stories260K; redis: redis:\/\/127\.0\.0\.1:\d+\)$/,
+      /^llmux ready at http:\/\/127\.0\.0\.1:\d+ \(models: stories260K; redis: redis:\/\/127\.0\.0\.1:\d+; admin: 127\.0\.0\.1:\d+\)$/,
     );
     const warned = launcher.logs.some((l) => typeof l.msg === 'string' && l.msg.includes('started a private redis-server'));
     expect(warned).to.equal(true);

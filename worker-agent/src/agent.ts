@@ -34,6 +34,7 @@ import type { Resume } from './engines/types.js';
 import { ReplicaSet } from './engines/replicas.js';
 import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
+import { ControlWorker } from './control.js';
 
 export type AgentState = WorkerStatus['state'];
 
@@ -63,6 +64,8 @@ interface Slot {
   loop: Promise<void> | null;
   view: LoadView;
   lastScore: number;
+  /** Being unloaded: claims nothing more. */
+  closing: boolean;
 }
 
 /** Why a running request was aborted. */
@@ -101,6 +104,10 @@ export class WorkerAgent extends EventEmitter {
   private readonly workers: WorkerRegistry;
   private readonly flusher: Flusher;
   private readonly slots = new Map<string, Slot>();
+  private readonly slotByChannel = new Map<string, Slot>();
+  private readonly runModel = new WeakMap<Promise<void>, string>();
+  private factory: ((d: Deployment) => Promise<Engine>) | null = null;
+  private control: ControlWorker | null = null;
   private readonly active = new Map<string, Active>();
   private readonly runs = new Set<Promise<void>>();
   private heartbeatTimer: NodeJS.Timeout | null = null;
@@ -146,53 +153,16 @@ export class WorkerAgent extends EventEmitter {
     const factory =
       this.opts.engineFactory ??
       ((d: Deployment) => createEngine(d, { modelsDir: c.modelsDir, hfEndpoint: c.hfEndpoint, logger: this.logger }));
+    this.factory = factory;
+    this.sub.on('message', (channel: string, message: string) => {
+      const slot = this.slotByChannel.get(channel);
+      if (slot) this.onPeerLoad(slot, message);
+    });
     for (const name of names) {
       const d = published.get(name);
       if (!d) throw new ConfigError(`WORKER_MODELS names "${name}", which is not in the deployments`);
-      if (d.engine.type === 'vllm' && d.engine.port !== 0 && c.engineReplicas > 1) {
-        throw new ConfigError(
-          `deployment "${name}" fixes vllm port ${d.engine.port}; with ENGINE_REPLICAS > 1 set its port to 0`,
-        );
-      }
-      const replicas = await Promise.all(Array.from({ length: c.engineReplicas }, () => factory(d)));
-      replicas.forEach((r, i) => this.watchEngine(r, name, i));
-      const engine = replicas.length === 1 ? replicas[0]! : new ReplicaSet(replicas);
-      const t0 = Date.now();
-      await engine.start();
-      this.logger.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
-      await this.queue.ensureGroup(name);
-      const blocking = createBlockingRedis(c.redisUrl, `worker:${this.id}:claim:${name}`);
-      blocking.on('error', (err) => this.logger.debug({ err }, 'redis error'));
-      const slot: Slot = {
-        model: name,
-        deployment: d,
-        engine,
-        inflight: 0,
-        running: new Set(),
-        blocking,
-        blockingId: null,
-        blocked: false,
-        wake: null,
-        loop: null,
-        view: new LoadView(this.id, c.heartbeatTtlMs),
-        lastScore: -1,
-      };
-      // The id changes with every reconnect; CLIENT UNBLOCK needs the current one.
-      blocking.on('ready', () => {
-        blocking.client('ID').then(
-          (id) => (slot.blockingId = Number(id)),
-          () => (slot.blockingId = null),
-        );
-      });
-      await blocking.connect();
-      this.slots.set(name, slot);
+      this.slots.set(name, await this.openSlot(d));
     }
-    const loadChannels = new Map([...this.slots.values()].map((s) => [this.keys.loadChannel(s.model), s]));
-    this.sub.on('message', (channel: string, message: string) => {
-      const slot = loadChannels.get(channel);
-      if (slot) this.onPeerLoad(slot, message);
-    });
-    if (loadChannels.size > 0) await this.sub.subscribe(...loadChannels.keys());
     await this.cancellation.subscribe(this.sub, (rid) => this.active.get(rid)?.ctl.abort('cancelled' satisfies AbortReason));
     this.setState('ready');
     await this.heartbeat();
@@ -203,6 +173,107 @@ export class WorkerAgent extends EventEmitter {
     for (const slot of this.slots.values()) {
       this.publishLoad(slot);
       slot.loop = this.claimLoop(slot);
+    }
+    this.control = new ControlWorker(this, c.redisUrl, this.keys.controlQueue(this.id), this.logger);
+  }
+
+  /**
+   * Starts a deployment's engine (ENGINE_REPLICAS replicas) and its claim
+   * connection, and subscribes to its load channel. The claim loop is started
+   * by the caller.
+   */
+  private async openSlot(d: Deployment): Promise<Slot> {
+    const c = this.opts.config;
+    const name = d.name;
+    if (d.engine.type === 'vllm' && d.engine.port !== 0 && c.engineReplicas > 1) {
+      throw new ConfigError(`deployment "${name}" fixes vllm port ${d.engine.port}; with ENGINE_REPLICAS > 1 set its port to 0`);
+    }
+    const replicas = await Promise.all(Array.from({ length: c.engineReplicas }, () => this.factory!(d)));
+    replicas.forEach((r, i) => this.watchEngine(r, name, i));
+    const engine = replicas.length === 1 ? replicas[0]! : new ReplicaSet(replicas);
+    const t0 = Date.now();
+    await engine.start();
+    this.logger.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
+    await this.queue.ensureGroup(name);
+    const blocking = createBlockingRedis(c.redisUrl, `worker:${this.id}:claim:${name}`);
+    blocking.on('error', (err) => this.logger.debug({ err }, 'redis error'));
+    const slot: Slot = {
+      model: name,
+      deployment: d,
+      engine,
+      inflight: 0,
+      running: new Set(),
+      blocking,
+      blockingId: null,
+      blocked: false,
+      wake: null,
+      loop: null,
+      view: new LoadView(this.id, c.heartbeatTtlMs),
+      lastScore: -1,
+      closing: false,
+    };
+    // The id changes with every reconnect; CLIENT UNBLOCK needs the current one.
+    blocking.on('ready', () => {
+      blocking.client('ID').then(
+        (id) => (slot.blockingId = Number(id)),
+        () => (slot.blockingId = null),
+      );
+    });
+    await blocking.connect();
+    const channel = this.keys.loadChannel(name);
+    this.slotByChannel.set(channel, slot);
+    await this.sub.subscribe(channel);
+    return slot;
+  }
+
+  /** Starts serving a published deployment now (control job `load-model`). */
+  async loadModel(name: string): Promise<void> {
+    if (this.state !== 'ready') throw new Error(`worker is ${this.state}`);
+    if (this.slots.has(name)) return;
+    const d = (await new DeploymentRegistry(this.redis, this.keys).load()).get(name);
+    if (!d) throw new ConfigError(`no published deployment named "${name}"`);
+    const slot = await this.openSlot(d);
+    this.slots.set(name, slot);
+    await this.reclaimFrom(slot, this.id, 0);
+    this.publishLoad(slot, true);
+    slot.loop = this.claimLoop(slot);
+    this.logger.info({ model: name }, 'model loaded');
+    await this.heartbeat();
+  }
+
+  /**
+   * Stops serving a deployment (control job `unload-model`): no more claims;
+   * its requests get DRAIN_TIMEOUT_MS, then the rest are handed back.
+   */
+  async unloadModel(name: string): Promise<void> {
+    const slot = this.slots.get(name);
+    if (!slot) return;
+    slot.closing = true;
+    this.publishLoad(slot, true);
+    slot.blocking.disconnect();
+    this.wakeLoop(slot);
+    await settleWithin(slot.loop ?? Promise.resolve(), CLAIM_BLOCK_MS);
+    const mine = () => [...this.runs].filter((r) => this.runModel.get(r) === name);
+    if (!(await settleWithin(Promise.all(mine()), this.opts.config.drainTimeoutMs))) {
+      for (const a of this.active.values()) if (a.job.model === name) a.ctl.abort('shutdown' satisfies AbortReason);
+      await settleWithin(Promise.all(mine()), 10_000);
+    }
+    await slot.engine.close().catch((err: unknown) => this.logger.warn({ err, model: name }, 'engine close failed'));
+    const channel = this.keys.loadChannel(name);
+    this.slotByChannel.delete(channel);
+    await this.sub.unsubscribe(channel).catch(() => {});
+    this.slots.delete(name);
+    this.logger.info({ model: name }, 'model unloaded');
+    await this.heartbeat();
+  }
+
+  /** Restarts the engines of one model, or of all (control job `restart-engine`): each drains and comes back. */
+  async restartEngine(name?: string): Promise<void> {
+    const names = name ? [name] : [...this.slots.keys()];
+    for (const n of names) {
+      if (!this.slots.has(n)) throw new ConfigError(`this worker does not serve "${n}"`);
+      await this.unloadModel(n);
+      await this.loadModel(n);
     }
   }
 
@@ -274,7 +345,8 @@ export class WorkerAgent extends EventEmitter {
    * smallest; (in-flight + 1) / capacity favours the largest.
    */
   private score(slot: Slot): number {
-    if (this.state !== 'ready' || slot.inflight >= slot.engine.capacity || !this.engineAvailable(slot)) return Infinity;
+    if (this.state !== 'ready' || slot.closing || slot.inflight >= slot.engine.capacity || !this.engineAvailable(slot))
+      return Infinity;
     return Math.max((slot.inflight + 0.5) / slot.engine.capacity, slot.engine.load?.() ?? 0);
   }
 
@@ -305,7 +377,7 @@ export class WorkerAgent extends EventEmitter {
   private async claimLoop(slot: Slot): Promise<void> {
     const c = this.opts.config;
     let failures = 0;
-    while (this.state === 'ready') {
+    while (this.state === 'ready' && !slot.closing) {
       const free = slot.engine.capacity - slot.inflight;
       if (free <= 0) {
         slot.wake = deferred();
@@ -363,6 +435,7 @@ export class WorkerAgent extends EventEmitter {
     slot.running.add(entryId);
     this.publishLoad(slot);
     const run = this.run(slot, entryId, fields, takeover);
+    this.runModel.set(run, slot.model);
     this.runs.add(run);
     void run.finally(() => this.runs.delete(run));
   }
@@ -561,6 +634,7 @@ export class WorkerAgent extends EventEmitter {
       if (!(await settleWithin(run, ms))) this.logger.warn(`close: ${what} did not finish within ${ms} ms`);
     };
     if (this.reclaimTimer) clearInterval(this.reclaimTimer);
+    await step('stop control jobs', () => this.control?.close(), 5000);
     for (const slot of this.slots.values()) {
       slot.blocking.disconnect();
       this.wakeLoop(slot);

@@ -7,6 +7,7 @@ async function main(): Promise<void> {
   const logger = createLogger('worker-agent', config.logLevel);
   const agent = new WorkerAgent({ config, logger });
   agent.on('error', () => {}); // logged by the agent; a background failure must not end the process
+  agent.on('drain-requested', () => stop('drain control job'));
 
   let stopping = false;
   const stop = (signal: string) => {

@@ -13,9 +13,13 @@ export interface SupervisedOptions {
   killAfterMs?: number;
   /** A run at least this long resets the backoff. Default 30000 ms. */
   stableAfterMs?: number;
+  /** This many exits within `crashLoopWindowMs` is a crash loop: restarts stop. Default 5. */
+  crashLoopExits?: number;
+  /** Default 60000 ms. */
+  crashLoopWindowMs?: number;
 }
 
-export type ChildState = 'starting' | 'ready' | 'backoff' | 'stopping' | 'stopped';
+export type ChildState = 'starting' | 'ready' | 'backoff' | 'crashloop' | 'stopping' | 'stopped';
 
 /** The message a child sends over IPC when it is ready to serve. */
 export interface ReadyMessage {
@@ -39,6 +43,8 @@ export class Supervised extends EventEmitter {
   private restartTimer: NodeJS.Timeout | null = null;
   private firstReady: Deferred<ReadyMessage> = deferred();
   private stopping: Promise<void> | null = null;
+  /** Recent exit times, for crash-loop detection. */
+  private exits: number[] = [];
 
   constructor(private readonly opts: SupervisedOptions) {
     super();
@@ -88,16 +94,52 @@ export class Supervised extends EventEmitter {
       this.setState('stopped');
       return;
     }
-    if (Date.now() - this.startedAt > (this.opts.stableAfterMs ?? 30_000)) this.attempt = 0;
+    this.emit('exit', { code, signal });
+    const now = Date.now();
+    const windowMs = this.opts.crashLoopWindowMs ?? 60_000;
+    this.exits = [...this.exits.filter((t) => now - t < windowMs), now];
+    if (this.exits.length >= (this.opts.crashLoopExits ?? 5)) {
+      // Restarting again would only spin: stop, say so, and wait for an operator (restart()).
+      this.opts.logger.error(
+        { child: this.opts.name, exits: this.exits.length, windowMs, code, signal },
+        'crash loop: not restarting',
+      );
+      this.setState('crashloop');
+      this.emit('crash-loop', { exits: this.exits.length, windowMs });
+      return;
+    }
+    if (now - this.startedAt > (this.opts.stableAfterMs ?? 30_000)) this.attempt = 0;
     const wait = backoffMs(this.attempt++, 500, 30_000);
     this.restarts++;
     this.opts.logger.error({ child: this.opts.name, code, signal, restartInMs: wait }, 'child exited; restarting');
-    this.emit('exit', { code, signal });
     this.setState('backoff');
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
       this.start();
     }, wait);
+  }
+
+  /**
+   * Restarts the child now: a running one gets SIGTERM (it drains) and comes
+   * back through the usual restart; a crash-looping or backing-off one starts
+   * at once. Clears the crash-loop record.
+   */
+  restart(): void {
+    if (this.stopping) return;
+    this.exits = [];
+    this.attempt = 0;
+    if (this.child) {
+      this.child.kill('SIGTERM');
+      return;
+    }
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    this.restartTimer = null;
+    this.start();
+  }
+
+  /** Sends a signal to the child, if running (SIGKILL for a hung one: the supervisor restarts it). */
+  kill(signal: NodeJS.Signals): void {
+    this.child?.kill(signal);
   }
 
   /** SIGTERM, then SIGKILL after `killAfterMs`. Idempotent. */

@@ -1,6 +1,14 @@
 import type { Cancellation, Job, JobParams, Logger, ReplyEvent, RequestQueue } from '@llmux/shared';
 import type { Sink } from './sinks.js';
 
+/**
+ * The worker's deadline is this much later than the gateway's, so the gateway
+ * ends a request at its time limit (its own 504, then a cancel that frees the
+ * engine slot) and the worker's deadline only backs it up, for a gateway that
+ * died.
+ */
+export const WORKER_DEADLINE_GRACE_MS = 1000;
+
 interface Pending {
   rid: string;
   model: string;
@@ -8,6 +16,7 @@ interface Pending {
   /** The sequence number the next event must carry. */
   nextSeq: number;
   timer: NodeJS.Timeout;
+  timeoutMessage: string;
 }
 
 export interface SubmitOptions {
@@ -16,6 +25,8 @@ export interface SubmitOptions {
   params: JobParams;
   sink: Sink;
   timeoutMs: number;
+  /** The message of the 504 sent when the time limit passes. */
+  timeoutMessage?: string;
 }
 
 /**
@@ -38,6 +49,11 @@ export class Dispatcher {
     return this.pending.size;
   }
 
+  /** Whether the request is still open (registered and not ended). */
+  has(rid: string): boolean {
+    return this.pending.has(rid);
+  }
+
   /**
    * Registers the request, then enqueues it (registering first means no early
    * event can be missed). Rejects if the enqueue fails; the sink is untouched.
@@ -50,10 +66,11 @@ export class Dispatcher {
       gw: this.gatewayId,
       params: o.params,
       enqueuedAt: now,
-      deadline: now + o.timeoutMs,
+      deadline: now + o.timeoutMs + WORKER_DEADLINE_GRACE_MS,
     };
     const timer = setTimeout(() => this.expire(o.rid), o.timeoutMs);
-    this.pending.set(o.rid, { rid: o.rid, model: o.model, sink: o.sink, nextSeq: 0, timer });
+    const timeoutMessage = o.timeoutMessage ?? 'The request did not finish within its time limit (REQUEST_TIMEOUT_MS).';
+    this.pending.set(o.rid, { rid: o.rid, model: o.model, sink: o.sink, nextSeq: 0, timer, timeoutMessage });
     try {
       await this.queue.enqueue(job);
     } catch (err) {
@@ -111,7 +128,7 @@ export class Dispatcher {
     if (!p) return;
     this.settle(p);
     this.cancel(p);
-    p.sink.error(504, 'deadline_exceeded', 'The request did not finish within its time limit (REQUEST_TIMEOUT_MS).');
+    p.sink.error(504, 'deadline_exceeded', p.timeoutMessage);
   }
 
   private settle(p: Pending): void {

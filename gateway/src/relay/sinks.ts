@@ -23,6 +23,21 @@ export interface SinkContext {
   /** Unix seconds. */
   created: number;
   includeUsage: boolean;
+  /** Response bytes Node may hold for a client that does not read; past it `onOverflow` runs. */
+  maxBufferedBytes: number;
+  /** The client reads too slowly: cancel the request and drop the connection. */
+  onOverflow(buffered: number): void;
+}
+
+/**
+ * Writes a chunk, respecting the socket's backpressure: once `res.write`
+ * reports a full buffer, the bytes Node holds for this response (its own
+ * buffer and the socket's) may grow to `maxBufferedBytes`, not further.
+ */
+function writeBounded(c: SinkContext, chunk: string): void {
+  if (c.res.write(chunk)) return;
+  const buffered = c.res.writableLength;
+  if (buffered > c.maxBufferedBytes) c.onOverflow(buffered);
 }
 
 const usageJson = (ev: DoneEvent) =>
@@ -38,6 +53,10 @@ export function errorType(status: number): OpenAIErrorType {
 
 /** Writes an OpenAI error body with a status (before any header was sent). */
 export function sendError(res: ServerResponse, err: ApiError, headers: Record<string, string> = {}): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
   const body = JSON.stringify(err.toBody());
   res.writeHead(err.status, {
     'content-type': 'application/json; charset=utf-8',
@@ -55,6 +74,7 @@ const SSE_HEADERS = {
 };
 
 abstract class SseSink implements Sink {
+  private opened = false;
   protected readonly prefix: string;
   protected readonly suffix: string;
   constructor(protected readonly c: SinkContext) {
@@ -69,6 +89,7 @@ abstract class SseSink implements Sink {
   protected abstract firstChunk(): string | null;
 
   open(): void {
+    this.opened = true;
     this.c.res.writeHead(200, { ...SSE_HEADERS, 'x-request-id': this.c.id });
     this.c.res.socket?.setNoDelay(true);
     const first = this.firstChunk();
@@ -76,7 +97,7 @@ abstract class SseSink implements Sink {
   }
 
   tokens(text: string): void {
-    if (text) this.c.res.write(this.prefix + JSON.stringify(text) + this.suffix);
+    if (text) writeBounded(this.c, this.prefix + JSON.stringify(text) + this.suffix);
   }
 
   done(ev: DoneEvent): void {
@@ -87,7 +108,9 @@ abstract class SseSink implements Sink {
 
   error(status: number, code: string, message: string): void {
     const err = new ApiError(status, message, errorType(status), code);
-    this.c.res.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
+    // Ended before it was opened (a time limit shorter than the enqueue): a plain error response.
+    if (!this.opened) sendError(this.c.res, err, { 'x-request-id': this.c.id });
+    else this.c.res.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
   }
 }
 
@@ -219,7 +242,7 @@ export class PlainTextSink implements Sink {
   tokens(text: string): void {
     if (!text) return;
     this.start();
-    this.c.res.write(text);
+    writeBounded(this.c, text);
   }
 
   done(): void {

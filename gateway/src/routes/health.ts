@@ -20,7 +20,7 @@ export function healthRoutes(ctx: GatewayContext): Router {
     res.json({ status: 'ok' });
   });
 
-  /** Readiness: Redis answers and at least one worker is alive. */
+  /** Readiness: Redis answers (so requests are admitted) and at least one worker is alive. */
   router.get('/readyz', async (_req, res) => {
     try {
       await within(ctx.redis.ping(), 1000);
@@ -28,6 +28,7 @@ export function healthRoutes(ctx: GatewayContext): Router {
       sendError(res, new ServiceUnavailableError('Redis is unreachable.'));
       return;
     }
+    ctx.circuit.recordSuccess();
     const workers = await within(ctx.workers.live(), 1000).catch(() => []);
     const ready = workers.filter((w) => w.state === 'ready');
     if (ready.length === 0) {

@@ -39,6 +39,12 @@ const gatewayEnv = z.object({
   REQUEST_TIMEOUT_MS: int(600_000, 1),
   /** How long SIGTERM lets open requests finish. Default 30000 ms. */
   DRAIN_TIMEOUT_MS: int(30_000, 0),
+  /** Open requests (streams) this gateway holds at most; past it new ones get a 503 `overloaded`. Default 10000. */
+  MAX_OPEN_REQUESTS: int(10_000, 1),
+  /** Response bytes buffered for a client that does not read, per request, before the request is cancelled. Default 1 MiB. */
+  MAX_BUFFERED_BYTES: int(1_048_576, 1024),
+  /** Most characters of prompt text a request may carry (all messages together). Default 1000000. */
+  MAX_PROMPT_CHARS: int(1_000_000, 1),
 });
 
 const workerEnv = z.object({
@@ -84,8 +90,41 @@ const controllerEnv = z.object({
   LOG_LEVEL: logLevel.unwrap().default('warn'),
   /** The deployments file. Default `./deployments.json`. */
   DEPLOYMENTS_FILE: z.string().default('deployments.json'),
-  /** `local`: start and supervise the gateway and worker agents on this machine (the only mode so far). */
-  CONTROLLER_MODE: z.enum(['local']).default('local'),
+  /**
+   * `local`: start and supervise the gateway and worker agents on this machine.
+   * `cluster`: agents run elsewhere under their own process manager; the
+   * controller sends them control jobs and publishes desired replicas.
+   */
+  CONTROLLER_MODE: z.enum(['local', 'cluster']).default('local'),
+  /** This controller's id. Default `<host>-<pid>`. */
+  CONTROLLER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/)
+    .optional(),
+  /** Leader lease TTL: a standby takes over at most this long after the leader dies. Default 5000 ms. */
+  LEASE_TTL_MS: int(5000, 100),
+  /** Admin API (gRPC) bind address. Default 127.0.0.1. */
+  ADMIN_HOST: z.string().default('127.0.0.1'),
+  /** Admin API port; 0 picks a free one; `off` disables it. Default 50051. */
+  ADMIN_PORT: z.union([z.literal('off'), z.coerce.number().int().min(0).max(65535)]).default(50051),
+  /** When set, admin calls must carry `authorization: Bearer <token>`. */
+  ADMIN_TOKEN: z.string().min(8).optional(),
+  /** PEM files: when both are set the admin API serves TLS. */
+  ADMIN_TLS_CERT: z.string().optional(),
+  ADMIN_TLS_KEY: z.string().optional(),
+  /** This many exits of a local worker within CRASH_LOOP_WINDOW_MS stops its restarts. Default 5. */
+  CRASH_LOOP_EXITS: int(5, 2),
+  CRASH_LOOP_WINDOW_MS: int(60_000, 1000),
+  /** Health check and hand-over period. Default 1000 ms. */
+  HEALTH_INTERVAL_MS: int(1000, 50),
+  /** Autoscaler period. Default 2000 ms. */
+  AUTOSCALE_INTERVAL_MS: int(2000, 100),
+  /** Scale down only after the lower figure has held this long. Default 30000 ms. */
+  SCALE_DOWN_AFTER_MS: int(30_000, 0),
+  /** Utilisation the autoscaler aims for. Default 0.75. */
+  TARGET_UTILIZATION: z.coerce.number().gt(0).max(1).default(0.75),
+  /** How long SIGTERM lets children drain (passed to them); they are killed 5 s later. Default 30000 ms. */
+  DRAIN_TIMEOUT_MS: int(30_000, 0),
   /** Start a private redis-server when none answers at REDIS_URL. Default true. */
   EMBEDDED_REDIS: z
     .enum(['true', 'false', '1', '0'])
@@ -117,6 +156,9 @@ export interface GatewayConfig extends CommonConfig {
   maxBodyBytes: number;
   requestTimeoutMs: number;
   drainTimeoutMs: number;
+  maxOpenRequests: number;
+  maxBufferedBytes: number;
+  maxPromptChars: number;
 }
 
 export interface WorkerConfig extends CommonConfig {
@@ -139,7 +181,17 @@ export interface WorkerConfig extends CommonConfig {
 
 export interface ControllerConfig extends CommonConfig {
   deploymentsFile: string;
-  mode: 'local';
+  mode: 'local' | 'cluster';
+  controllerId: string;
+  leaseTtlMs: number;
+  admin: { host: string; port: number; token: string | null; tls: { cert: string; key: string } | null } | null;
+  crashLoopExits: number;
+  crashLoopWindowMs: number;
+  healthIntervalMs: number;
+  autoscaleIntervalMs: number;
+  scaleDownAfterMs: number;
+  targetUtilization: number;
+  drainTimeoutMs: number;
   embeddedRedis: boolean;
   port: number;
   host: string;
@@ -159,6 +211,9 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     maxBodyBytes: e.MAX_BODY_BYTES,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
+    maxOpenRequests: e.MAX_OPEN_REQUESTS,
+    maxBufferedBytes: e.MAX_BUFFERED_BYTES,
+    maxPromptChars: e.MAX_PROMPT_CHARS,
   };
 }
 
@@ -198,6 +253,24 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): Cont
     logLevel: e.LOG_LEVEL,
     deploymentsFile: e.DEPLOYMENTS_FILE,
     mode: e.CONTROLLER_MODE,
+    controllerId: e.CONTROLLER_ID ?? `${shortHost()}-${process.pid}`,
+    leaseTtlMs: e.LEASE_TTL_MS,
+    admin:
+      e.ADMIN_PORT === 'off'
+        ? null
+        : {
+            host: e.ADMIN_HOST,
+            port: e.ADMIN_PORT,
+            token: e.ADMIN_TOKEN ?? null,
+            tls: e.ADMIN_TLS_CERT && e.ADMIN_TLS_KEY ? { cert: e.ADMIN_TLS_CERT, key: e.ADMIN_TLS_KEY } : null,
+          },
+    crashLoopExits: e.CRASH_LOOP_EXITS,
+    crashLoopWindowMs: e.CRASH_LOOP_WINDOW_MS,
+    healthIntervalMs: e.HEALTH_INTERVAL_MS,
+    autoscaleIntervalMs: e.AUTOSCALE_INTERVAL_MS,
+    scaleDownAfterMs: e.SCALE_DOWN_AFTER_MS,
+    targetUtilization: e.TARGET_UTILIZATION,
+    drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
     embeddedRedis: e.EMBEDDED_REDIS,
     port: e.PORT,
     host: e.HOST,

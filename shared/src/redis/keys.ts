@@ -16,6 +16,10 @@
  * | `<p>:worker:<id>` | string (JSON), TTL | workers | worker status |
  * | `<p>:deployments` | hash | controller | model name -> deployment JSON |
  * | `<p>:cancel` | pub/sub channel | gateway | request ids being cancelled |
+ * | `<p>:controller:leader` | string, TTL | controller | leader lease: `<id> <admin address>` |
+ * | `<p>:controller:scale` | hash | controller | model -> desired replicas |
+ * | `<p>:controller:events` | stream (capped) | controller | cluster events for watchers |
+ * | `<p>:controller:processes` | hash | controller | local worker id -> process record (restarts, last exit) |
  */
 export class Keys {
   constructor(readonly prefix = 'llm') {}
@@ -64,6 +68,27 @@ export class Keys {
 
   cancelChannel(): string {
     return `${this.prefix}:cancel`;
+  }
+
+  controllerLease(): string {
+    return `${this.prefix}:controller:leader`;
+  }
+
+  desiredScale(): string {
+    return `${this.prefix}:controller:scale`;
+  }
+
+  clusterEvents(): string {
+    return `${this.prefix}:controller:events`;
+  }
+
+  localProcesses(): string {
+    return `${this.prefix}:controller:processes`;
+  }
+
+  /** BullMQ queue name for one worker agent's control jobs (BullMQ adds its own `bull:` prefix). */
+  controlQueue(workerId: string): string {
+    return `${this.prefix}-control-${workerId}`;
   }
 }
 

@@ -129,6 +129,38 @@ export class RequestQueue {
     return out;
   }
 
+  /**
+   * Puts every entry `consumer` holds back in the queue (ownership-checked,
+   * atomic per entry), for a worker that is gone. Returns how many.
+   */
+  async handOverFrom(model: string, consumer: string, batch = 100): Promise<number> {
+    const key = this.keys.requests(model);
+    let moved = 0;
+    for (;;) {
+      const pending = (await this.redis.xpending(key, WORKER_GROUP, '-', '+', batch, consumer)) as [
+        string,
+        string,
+        number,
+        number,
+      ][];
+      if (pending.length === 0) return moved;
+      let progressed = false;
+      for (const [id] of pending) {
+        const [entry] = (await this.redis.xrange(key, id, id)) as [string, string[]][];
+        if (!entry) {
+          await this.redis.xack(key, WORKER_GROUP, id);
+          progressed = true;
+          continue;
+        }
+        if ((await this.handBack(model, id, consumer, entry[1])) !== null) {
+          moved++;
+          progressed = true;
+        }
+      }
+      if (!progressed) return moved;
+    }
+  }
+
   /** Removes a consumer that holds no pending entries; false if it still holds some. */
   async deleteConsumerIfIdle(model: string, consumer: string): Promise<boolean> {
     return (

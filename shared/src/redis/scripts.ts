@@ -37,4 +37,6 @@ export const scripts = {
   emit: new Script('emit-3'),
   handback: new Script('handback-1'),
   deleteConsumerIfIdle: new Script('delete-consumer-if-idle-1'),
+  leaseRenew: new Script('lease-renew-1'),
+  leaseRelease: new Script('lease-release-1'),
 };

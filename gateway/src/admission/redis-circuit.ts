@@ -1,0 +1,127 @@
+import { ApiError, isTransientRedisError, ServiceUnavailableError, type Logger, type Redis } from '@llmux/shared';
+
+export interface RedisCircuitOptions {
+  /** Longest one guarded Redis operation may take before it counts as a failure. Default 1000 ms. */
+  timeoutMs?: number;
+  /** While open with the connection up (a timeout tripped it), how often a PING checks Redis again. Default 500 ms. */
+  probeMs?: number;
+}
+
+/** A guarded operation took longer than the circuit allows. */
+export class RedisTimeoutError extends Error {
+  override name = 'RedisTimeoutError';
+}
+
+/**
+ * Whether the admission path may use Redis. It is open (requests get a 503 at
+ * once, without touching Redis) while the command connection is not ready, and
+ * after a guarded operation failed on the connection or took longer than
+ * `timeoutMs`, until a PING answers again. The connection's own reconnects
+ * close it: nothing has to be restarted when Redis comes back.
+ */
+export class RedisCircuit {
+  private tripped = false;
+  /** The connection closed and has not been ready since (for logging). */
+  private down = false;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private readonly timeoutMs: number;
+  private readonly probeMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly log: Logger,
+    opts: RedisCircuitOptions = {},
+  ) {
+    this.timeoutMs = opts.timeoutMs ?? 1000;
+    this.probeMs = opts.probeMs ?? 500;
+    redis.on('ready', () => {
+      if (this.down) this.log.info('redis connection back; admitting requests again');
+      this.down = false;
+      if (this.tripped) this.reset('connection ready');
+    });
+    redis.on('close', () => {
+      if (this.closed || this.down) return;
+      this.down = true;
+      this.log.warn('redis connection lost; requests get 503 until it is back');
+    });
+  }
+
+  /** True while requests can be admitted. */
+  get isClosed(): boolean {
+    return this.redis.status === 'ready' && !this.tripped;
+  }
+
+  /** Throws a 503 at once while the circuit is open. */
+  check(): void {
+    if (!this.isClosed) throw new ServiceUnavailableError('Redis is unreachable; retry shortly.');
+  }
+
+  /**
+   * Runs one admission-path Redis operation with a time bound. A connection
+   * failure or a timeout trips the circuit and becomes a 503; API errors
+   * (such as a 429) pass through untouched.
+   */
+  async guard<T>(op: () => Promise<T>, what: string): Promise<T> {
+    this.check();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisTimeoutError(`${what} took longer than ${this.timeoutMs} ms`)), this.timeoutMs);
+    });
+    try {
+      return await Promise.race([op(), timeout]);
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      if (err instanceof RedisTimeoutError || isTransientRedisError(err) || this.redis.status !== 'ready') {
+        this.trip(err, what);
+        throw new ServiceUnavailableError('Redis is unreachable; retry shortly.');
+      }
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Opens the circuit; probes until Redis answers again. */
+  trip(err: unknown, what: string): void {
+    if (this.closed) return;
+    if (!this.tripped) this.log.warn({ err: (err as Error)?.message ?? String(err), what }, 'redis circuit open');
+    this.tripped = true;
+    this.probeTimer ??= setInterval(() => void this.probe(), this.probeMs);
+    this.probeTimer.unref();
+  }
+
+  /** A successful round trip seen elsewhere (the readiness check) closes the circuit too. */
+  recordSuccess(): void {
+    if (this.tripped && this.redis.status === 'ready') this.reset('redis answered');
+  }
+
+  private async probe(): Promise<void> {
+    if (this.redis.status !== 'ready') return; // the connection's 'ready' event will reset
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.redis.ping(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new RedisTimeoutError('ping')), this.timeoutMs))),
+      ]);
+      this.reset('ping answered');
+    } catch {
+      // still open
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private reset(why: string): void {
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.probeTimer = null;
+    if (this.tripped) this.log.info({ why }, 'redis circuit closed');
+    this.tripped = false;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.probeTimer = null;
+  }
+}
