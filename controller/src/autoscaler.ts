@@ -34,6 +34,23 @@ export interface ScaleDecision {
  */
 export class Autoscaler {
   private readonly lowSince = new Map<string, number>();
+  /** Per model: the last `entries-read` reading and an EWMA of requests started per second. */
+  private readonly drain = new Map<string, { read: number; at: number; rate: number | null }>();
+
+  /** Updates and returns the model's measured drain rate (requests/s), null until measured. */
+  private drainRate(model: string, entriesRead: number, now: number): number | null {
+    const prev = this.drain.get(model);
+    if (!prev || entriesRead < prev.read) {
+      this.drain.set(model, { read: entriesRead, at: now, rate: prev?.rate ?? null });
+      return prev?.rate ?? null;
+    }
+    const dt = (now - prev.at) / 1000;
+    if (dt <= 0) return prev.rate;
+    const sample = (entriesRead - prev.read) / dt;
+    const rate = prev.rate === null ? sample : 0.5 * sample + 0.5 * prev.rate;
+    this.drain.set(model, { read: entriesRead, at: now, rate });
+    return rate;
+  }
 
   constructor(private readonly o: AutoscalerOptions) {}
 
@@ -77,14 +94,25 @@ export class Autoscaler {
       if (d.replicas.min === d.replicas.max) continue;
       if (Number(desired[this.holdKey(d.name)] ?? 0) > now) continue;
       const cur = Number(desired[d.name] ?? d.replicas.min);
-      const { waiting, pending } = await this.o.queue.depth(d.name);
+      const { waiting, pending, entriesRead } = await this.o.queue.depth(d.name);
+      const rate = this.drainRate(d.name, entriesRead, now);
       const demand = waiting + pending;
       const perReplica = d.concurrency * this.o.targetUtilization;
       let need = Math.ceil(demand / perReplica);
       // Work waits: one more replica, but only once those asked for are up (they take seconds to start).
       if (waiting > 0) need = Math.max(need, liveCount >= cur ? Math.min(cur + 1, d.replicas.max) : cur, 1);
+      // The SLO: the queue's expected wait (waiting / measured drain rate) adds to time to first token.
+      const ttftSlo = d.slo?.ttftP95Ms;
+      const expectedWaitMs = rate && rate > 0 ? (waiting / rate) * 1000 : waiting > 0 ? Infinity : 0;
+      const sloAtRisk = ttftSlo !== undefined && waiting > 0 && expectedWaitMs > ttftSlo;
+      if (sloAtRisk && liveCount >= cur) need = Math.max(need, Math.min(cur + 1, d.replicas.max));
       need = Math.min(d.replicas.max, Math.max(d.replicas.min, need));
-      const reason = `${pending} running, ${waiting} waiting, ${d.concurrency} per replica at ${Math.round(this.o.targetUtilization * 100)}%`;
+      const reason =
+        `${pending} running, ${waiting} waiting, ${d.concurrency} per replica at ${Math.round(this.o.targetUtilization * 100)}%` +
+        (rate !== null ? `, draining ${rate.toFixed(1)}/s` : '') +
+        (sloAtRisk
+          ? `, expected queue wait ${Number.isFinite(expectedWaitMs) ? Math.round(expectedWaitMs) : '∞'} ms over the ${ttftSlo} ms TTFT SLO`
+          : '');
       if (need > cur) {
         this.lowSince.delete(d.name);
         await this.setDesired(d.name, need, 'autoscaler');

@@ -159,6 +159,7 @@ export class Controller implements ControllerApi {
       this.schedule('health', every(c.healthIntervalMs), c.healthIntervalMs, () => this.healthTick());
       this.schedule('autoscale', every(c.autoscaleIntervalMs), c.autoscaleIntervalMs, () => this.autoscaleTick());
       this.schedule('trim', '*/30 * * * * *', 30_000, () => this.trimTick());
+      this.schedule('stats', '*/10 * * * * *', 10_000, () => this.statsTick());
     } catch (err) {
       this.log.error({ err }, 'could not take up leadership');
     }
@@ -380,6 +381,14 @@ export class Controller implements ControllerApi {
     const decisions = await this.autoscaler.tick([...this.deployments.values()]);
     for (const d of decisions) this.events.record('scaled', d.model, `${d.model}: ${d.from} -> ${d.to} replicas (${d.reason})`);
     if (decisions.length > 0) await this.reconcile();
+  }
+
+  /** Rolls up each model's scale figures into `<p>:controller:stats` for dashboards and the CLI. */
+  private async statsTick(): Promise<void> {
+    const snap = await this.autoscaler.snapshot([...this.deployments.values()]);
+    const tx = this.redis.multi().del(this.keys.controllerStats());
+    for (const s of snap) tx.hset(this.keys.controllerStats(), s.model, JSON.stringify({ ...s, at: Date.now() }));
+    await tx.exec();
   }
 
   /** Safety net: trims model streams of acked leftovers beyond a generous cap. */

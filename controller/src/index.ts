@@ -6,3 +6,4 @@ export { LocalFleet, type ProcessRecord } from './local/fleet.js';
 export { LeaderLease } from './leader.js';
 export { startAdminServer, readAdminTls, type AdminServer, type AdminServerOptions } from './admin/server.js';
 export { AdminClient } from './admin/client.js';
+export { Autoscaler, type AutoscalerOptions, type ScaleDecision } from './autoscaler.js';

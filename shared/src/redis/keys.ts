@@ -19,6 +19,7 @@
  * | `<p>:controller:leader` | string, TTL | controller | leader lease: `<id> <admin address>` |
  * | `<p>:controller:scale` | hash | controller | model -> desired replicas |
  * | `<p>:controller:events` | stream (capped) | controller | cluster events for watchers |
+ * | `<p>:controller:stats` | hash | controller | model -> scale figures (JSON), every 10 s |
  * | `<p>:controller:processes` | hash | controller | local worker id -> process record (restarts, last exit) |
  */
 export class Keys {
@@ -76,6 +77,11 @@ export class Keys {
 
   desiredScale(): string {
     return `${this.prefix}:controller:scale`;
+  }
+
+  /** Per-model scale figures rolled up every 10 s by the leader. */
+  controllerStats(): string {
+    return `${this.prefix}:controller:stats`;
   }
 
   clusterEvents(): string {

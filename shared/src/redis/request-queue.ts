@@ -175,7 +175,11 @@ export class RequestQueue {
   }
 
   /** Entries waiting for a worker plus entries claimed but not yet acked. */
-  async depth(model: string): Promise<{ waiting: number; pending: number }> {
+  /**
+   * Entries waiting for a worker, entries claimed and not finished, and the
+   * group's `entries-read` counter (its growth is the drain rate).
+   */
+  async depth(model: string): Promise<{ waiting: number; pending: number; entriesRead: number }> {
     const key = this.keys.requests(model);
     try {
       const groups = (await this.redis.xinfo('GROUPS', key)) as unknown[][];
@@ -183,12 +187,16 @@ export class RequestQueue {
         const info: Record<string, unknown> = {};
         for (let i = 0; i + 1 < g.length; i += 2) info[String(g[i])] = g[i + 1];
         if (info.name === WORKER_GROUP) {
-          return { waiting: Number(info.lag ?? 0), pending: Number(info.pending ?? 0) };
+          return {
+            waiting: Number(info.lag ?? 0),
+            pending: Number(info.pending ?? 0),
+            entriesRead: Number(info['entries-read'] ?? 0),
+          };
         }
       }
     } catch (err) {
       if (!(err instanceof Error) || !err.message.includes('no such key')) throw err;
     }
-    return { waiting: 0, pending: 0 };
+    return { waiting: 0, pending: 0, entriesRead: 0 };
   }
 }
