@@ -136,7 +136,10 @@ export class LlamaCppEngine implements Engine {
     const matcher = new StopMatcher(params.stop ?? []);
     let pendingTokens = 0;
     let completionTokens = 0;
-    let capped = false;
+    /** Past the cap: nothing more is counted or sent. */
+    let over = false;
+    /** A batch crossed the cap: its text is still to come, then nothing more. */
+    let crossing = false;
     try {
       const { metadata } = await completion.generateCompletionWithMeta(tokens, {
         maxTokens,
@@ -154,17 +157,28 @@ export class LlamaCppEngine implements Engine {
             ? { presencePenalty: params.presencePenalty, frequencyPenalty: params.frequencyPenalty }
             : false,
         onToken: (t) => {
-          // node-llama-cpp may run one token past maxTokens to finish a UTF-8 character; the cap is hard here.
-          if (capped || completionTokens + t.length > maxTokens) {
-            capped = true;
+          if (over) return;
+          // node-llama-cpp may run past maxTokens to finish a UTF-8 character, and can hand
+          // several tokens over at once. The cap is hard: tokens past it are not counted.
+          const take = Math.min(t.length, maxTokens - completionTokens);
+          if (take === 0) {
+            // Entirely past the cap: stop, and drop the text it would release.
+            over = true;
             halt.abort();
             return;
           }
-          pendingTokens += t.length;
-          completionTokens += t.length;
+          pendingTokens += take;
+          completionTokens += take;
+          if (take < t.length) {
+            // This batch crosses the cap: its text (one chunk) still goes out, then nothing.
+            crossing = true;
+            halt.abort();
+          }
         },
         onTextChunk: (text) => {
-          if (capped || matcher.stopped) return;
+          if (over) return;
+          if (crossing) over = true;
+          if (matcher.stopped) return;
           const out = matcher.push(text);
           if (matcher.stopped) halt.abort();
           if (out) {
@@ -177,7 +191,9 @@ export class LlamaCppEngine implements Engine {
       const rest = matcher.flush();
       if (rest || pendingTokens > 0) onText(rest, pendingTokens);
       let finishReason: FinishReason = 'stop';
-      if (capped || (!matcher.stopped && metadata.stopReason === 'maxTokens')) finishReason = 'length';
+      if (over || crossing || completionTokens >= maxTokens || (!matcher.stopped && metadata.stopReason === 'maxTokens')) {
+        finishReason = 'length';
+      }
       return { finishReason, promptTokens, completionTokens };
     } catch (err) {
       if (signal.aborted) throw new AbortError();
