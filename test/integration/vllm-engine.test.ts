@@ -76,7 +76,8 @@ describe('VllmEngine running the sim server as vllm', function () {
 
   it('starts the process, waits for /health, and streams through it', async () => {
     const e = makeEngine();
-    expect(e.load()).to.equal(null);
+    // Not serving yet: full, so an agent would claim nothing.
+    expect(e.load()).to.equal(1);
     const generating = rejection(e.generate(chat(), () => {}, new AbortController().signal));
     expect(await generating).to.be.instanceOf(EngineUnavailableError);
     await e.start();

@@ -308,8 +308,9 @@ export class VllmEngine extends EventEmitter implements Engine {
    * `/metrics`; null before the first one. 1 while the process is down.
    */
   load(): number | null {
-    if (this.state === 'restarting') return 1;
-    if (this.state !== 'ready' || !this.metrics) return null;
+    // Not serving (restarting, or a new process still starting): full, so the agent claims nothing.
+    if (this.state !== 'ready') return 1;
+    if (!this.metrics) return null;
     return vllmLoad(this.metrics, this.capacity);
   }
 
