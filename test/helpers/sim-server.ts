@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { deferred } from '@llmux/shared';
-import { parsePrometheusText, simToken, vllmLoadMetrics, type VllmLoadMetrics } from '@llmux/worker-agent';
+import { parsePrometheusText, vllmLoadMetrics, type VllmLoadMetrics } from '@llmux/worker-agent';
 
 const require = createRequire(import.meta.url);
 
@@ -12,8 +12,7 @@ export const SIM_SERVER_MAIN = require.resolve('@llmux/worker-agent').replace(/i
 /** One JSON event line of `--log-requests`. */
 export type SimEvent = { event: string; id?: string; state?: string; finish?: string; tokens?: number };
 
-/** The first `n` tokens of the sim story, joined. */
-export const story = (n: number, from = 0): string => Array.from({ length: n }, (_, i) => simToken(from + i)).join('');
+export { rejection, story } from './engines.js';
 
 /**
  * A real sim-server child process, started with `--log-requests` so a test
@@ -101,14 +100,4 @@ export function alive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
-}
-
-/** Awaits a promise that must reject, and returns the reason. */
-export async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the promise to reject');
 }

@@ -8,14 +8,13 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { DeploymentRegistry, Keys, parseDeployments } from '@llmux/shared';
 import { freePort } from '@llmux/controller';
-import { simToken } from '@llmux/worker-agent';
 import { entryOf, TestProcess, type LogLine } from '../helpers/processes.js';
 import { startTestRedis, type TestRedis } from '../helpers/redis.js';
 import { TestSystem } from '../helpers/system.js';
 import { expectComplete, openStream } from '../helpers/streams.js';
+import { story } from '../helpers/engines.js';
 
 const run = promisify(execFile);
-const simText = (n: number) => Array.from({ length: n }, (_, i) => simToken(i)).join('');
 const sim = (name: string, itlMs = 10) => ({ name, engine: { type: 'sim', ttftMs: 5, itlMs }, concurrency: 8 });
 const CLI = entryOf('@llmux/controller').replace(/main\.js$/, 'cli/main.js');
 
@@ -98,7 +97,7 @@ describe('controller', function () {
     await proc.waitForLog(event('worker-dead', 'c1-sim-0'));
     await proc.waitForLog(event('requests-handed-over', 'c1-sim-0'));
     await proc.waitForLogs(event('worker-up', 'c1-sim-0'), 2);
-    expect(await expectComplete({ redis: r, keys }, await gatewayId(), s)).to.equal(simText(150));
+    expect(await expectComplete({ redis: r, keys }, await gatewayId(), s)).to.equal(story(150));
     const after = (await processes()).get('c1-sim-0')!;
     expect(after.restarts).to.equal(1);
     expect(after.pid).to.not.equal(worker.pid);
@@ -124,7 +123,7 @@ describe('controller', function () {
     await writeDeployments([sim('sim', 5), sim('sim2')]);
     await proc.waitForLog(event('deployments-applied'));
     const gw = await gatewayId();
-    for (const s of streams) expect(await expectComplete({ redis: r, keys }, gw, s)).to.equal(simText(200));
+    for (const s of streams) expect(await expectComplete({ redis: r, keys }, gw, s)).to.equal(story(200));
     await proc.waitForLog(event('worker-up', 'c1-sim2-0'));
     const added = await openStream(url, 'sim2', 5, 'Tell me');
     expect((await added.body).includes('[DONE]')).to.equal(true);

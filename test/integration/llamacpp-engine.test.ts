@@ -1,8 +1,9 @@
 import { expect } from 'chai';
 import { getLlama, LlamaCompletion, LlamaLogLevel } from 'node-llama-cpp';
 import { AbortError, EngineError, type JobParams } from '@llmux/shared';
-import { LlamaCppEngine, type GenerateResult } from '@llmux/worker-agent';
+import { LlamaCppEngine } from '@llmux/worker-agent';
 import { testModel } from '../helpers/models.js';
+import { rejection, runEngine, type Run } from '../helpers/engines.js';
 
 /**
  * The llama.cpp engine in process, on the two small real models: stories260K
@@ -10,28 +11,6 @@ import { testModel } from '../helpers/models.js';
  * over a 32k multilingual vocabulary, so it never stops early and often emits
  * tokens that end inside a UTF-8 character).
  */
-
-interface Run {
-  result: GenerateResult;
-  chunks: { text: string; tokens: number }[];
-  text: string;
-}
-
-async function run(engine: LlamaCppEngine, params: JobParams, signal = new AbortController().signal): Promise<Run> {
-  const chunks: { text: string; tokens: number }[] = [];
-  const result = await engine.generate(params, (text, tokens) => chunks.push({ text, tokens }), signal);
-  return { result, chunks, text: chunks.map((c) => c.text).join('') };
-}
-
-/** Awaits a promise that must reject, and returns the reason. */
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  expect.fail('expected the promise to reject');
-}
 
 /** A UTF-16 half character: what a chunk cut inside a character would leave. */
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -74,12 +53,12 @@ describe('LlamaCppEngine on real small models', function () {
 
   it('refuses to generate before start()', async () => {
     const e = new LlamaCppEngine({ modelPath: tinyPath, capacity: 1, threads: 1, contextSize: 256, chatTemplate: 'none' });
-    expect(await rejection(run(e, completion('Hi', {})))).to.be.instanceOf(EngineError);
+    expect(await rejection(runEngine(e, completion('Hi', {})))).to.be.instanceOf(EngineError);
   });
 
   it('honours max tokens exactly, finishing with length', async () => {
     for (const maxTokens of [1, 7, 64]) {
-      const r = await run(tiny, completion('Hello there', { maxTokens, temperature: 0 }));
+      const r = await runEngine(tiny, completion('Hello there', { maxTokens, temperature: 0 }));
       expect(r.result.completionTokens).to.equal(maxTokens);
       expect(r.result.finishReason).to.equal('length');
       expect(tokenSum(r)).to.equal(maxTokens);
@@ -88,7 +67,7 @@ describe('LlamaCppEngine on real small models', function () {
   });
 
   it('writes a TinyStories continuation of the prompt', async () => {
-    const r = await run(stories, completion('Once upon a time', { maxTokens: 40, temperature: 0 }));
+    const r = await runEngine(stories, completion('Once upon a time', { maxTokens: 40, temperature: 0 }));
     expect(r.result).to.include({ finishReason: 'length', completionTokens: 40 });
     expect(r.text).to.match(/^[ ,]/);
     expect(r.text.split(' ').length).to.be.greaterThan(10);
@@ -96,39 +75,39 @@ describe('LlamaCppEngine on real small models', function () {
 
   it('is deterministic at temperature 0', async () => {
     const p = completion('Once upon a time', { maxTokens: 48, temperature: 0 });
-    const a = await run(stories, p);
-    const b = await run(stories, p);
+    const a = await runEngine(stories, p);
+    const b = await runEngine(stories, p);
     expect(a.text.length).to.be.greaterThan(40);
     expect(b.text).to.equal(a.text);
-    const c = await run(tiny, { ...p, maxTokens: 32 });
-    const d = await run(tiny, { ...p, maxTokens: 32 });
+    const c = await runEngine(tiny, { ...p, maxTokens: 32 });
+    const d = await runEngine(tiny, { ...p, maxTokens: 32 });
     expect(d.text).to.equal(c.text);
   });
 
   it('repeats itself for the same seed at temperature 1 and differs for different seeds', async () => {
     const p = (seed: number) => completion('Once upon a time', { maxTokens: 48, temperature: 1, seed });
-    const a = await run(stories, p(1));
-    const b = await run(stories, p(1));
-    const c = await run(stories, p(2));
+    const a = await runEngine(stories, p(1));
+    const b = await runEngine(stories, p(1));
+    const c = await runEngine(stories, p(2));
     expect(b.text).to.equal(a.text);
     expect(c.text).to.not.equal(a.text);
-    const t1 = await run(tiny, { ...p(5), maxTokens: 24 });
-    const t2 = await run(tiny, { ...p(5), maxTokens: 24 });
-    const t3 = await run(tiny, { ...p(6), maxTokens: 24 });
+    const t1 = await runEngine(tiny, { ...p(5), maxTokens: 24 });
+    const t2 = await runEngine(tiny, { ...p(5), maxTokens: 24 });
+    const t3 = await runEngine(tiny, { ...p(6), maxTokens: 24 });
     expect(t2.text).to.equal(t1.text);
     expect(t3.text).to.not.equal(t1.text);
   });
 
   it('stops before a stop sequence taken from a previous run, finishing with stop', async () => {
     const prompt = 'Once upon a time';
-    const first = await run(stories, completion(prompt, { maxTokens: 60, temperature: 0 }));
+    const first = await runEngine(stories, completion(prompt, { maxTokens: 60, temperature: 0 }));
     // A punctuation mark well into the text: it starts a token, so the cut point is exact.
     const at = first.text.slice(10).search(/[.!?]/);
     expect(at, `no punctuation in ${JSON.stringify(first.text)}`).to.be.at.least(0);
     const stop = first.text[10 + at]!;
     const expected = first.text.slice(0, first.text.indexOf(stop));
     expect(expected.length).to.be.greaterThan(0);
-    const second = await run(stories, completion(prompt, { maxTokens: 60, temperature: 0, stop: [stop] }));
+    const second = await runEngine(stories, completion(prompt, { maxTokens: 60, temperature: 0, stop: [stop] }));
     expect(second.result.finishReason).to.equal('stop');
     expect(second.text).to.equal(expected);
     expect(second.text).to.not.include(stop);
@@ -138,8 +117,8 @@ describe('LlamaCppEngine on real small models', function () {
 
   it('a stop sequence that never appears changes nothing', async () => {
     const p = completion('Once upon a time', { maxTokens: 30, temperature: 0 });
-    const plain = await run(stories, p);
-    const withStop = await run(stories, { ...p, stop: ['\u0001never'] });
+    const plain = await runEngine(stories, p);
+    const withStop = await runEngine(stories, { ...p, stop: ['\u0001never'] });
     expect(withStop.text).to.equal(plain.text);
     expect(withStop.result.finishReason).to.equal('length');
   });
@@ -153,7 +132,7 @@ describe('LlamaCppEngine on real small models', function () {
       let nonAscii = 0;
       for (const seed of [1, 2, 3]) {
         const params = completion('Hi', { maxTokens: 200, temperature: 1, seed });
-        const r = await run(tiny, params);
+        const r = await runEngine(tiny, params);
         expect(r.result.completionTokens).to.equal(200);
         expect(tokenSum(r)).to.equal(r.result.completionTokens);
         for (const c of r.chunks) expect(LONE_SURROGATE.test(c.text), JSON.stringify(c.text)).to.equal(false);
@@ -206,7 +185,7 @@ describe('LlamaCppEngine on real small models', function () {
     expect(chunks).to.be.at.least(5);
     expect(chunks).to.be.lessThan(1000);
     // Its one sequence is free again.
-    const after = await run(e, completion('Hi', { maxTokens: 3, temperature: 0 }));
+    const after = await runEngine(e, completion('Hi', { maxTokens: 3, temperature: 0 }));
     expect(after.result.completionTokens).to.equal(3);
   });
 
@@ -230,26 +209,26 @@ describe('LlamaCppEngine on real small models', function () {
     // Every generation had started producing before any of them finished.
     expect(firstChunkAt).to.deep.equal([0, 0, 0]);
     // All sequences are free again.
-    const again = await Promise.all(seeds.map(() => run(tiny, completion('Hi', { maxTokens: 2 }))));
+    const again = await Promise.all(seeds.map(() => runEngine(tiny, completion('Hi', { maxTokens: 2 }))));
     for (const r of again) expect(r.result.completionTokens).to.equal(2);
   });
 
   it('renders chats with ChatML when asked, costing more prompt tokens than plain joined text', async () => {
     const chatml = await startEngine(tinyPath, { chatTemplate: 'chatml', contextSize: 512 });
     const p = chat('Tell me about a fox.', { maxTokens: 8, temperature: 0 });
-    const withTemplate = await run(chatml, p);
-    const plain = await run(tiny, p);
+    const withTemplate = await runEngine(chatml, p);
+    const plain = await runEngine(tiny, p);
     expect(withTemplate.result.promptTokens).to.be.greaterThan(plain.result.promptTokens + 6);
     expect(plain.result.promptTokens).to.be.greaterThan(5);
     // A completion is not a chat: no template is applied to it.
     const c = completion('Tell me about a fox.', { maxTokens: 1, temperature: 0 });
-    expect((await run(chatml, c)).result.promptTokens).to.equal((await run(tiny, c)).result.promptTokens);
+    expect((await runEngine(chatml, c)).result.promptTokens).to.equal((await runEngine(tiny, c)).result.promptTokens);
   });
 
   it('joins chat messages as plain text on a model without a template', async () => {
     const p = chat('Once upon a time', { maxTokens: 20, temperature: 0 });
-    const asChat = await run(stories, p);
-    const asCompletion = await run(
+    const asChat = await runEngine(stories, p);
+    const asCompletion = await runEngine(
       stories,
       completion('You tell short stories.\n\nOnce upon a time', { maxTokens: 20, temperature: 0 }),
     );
@@ -263,14 +242,14 @@ describe('LlamaCppEngine on real small models', function () {
     expect(small.contextSize).to.be.at.least(64).and.at.most(1024);
     // Every word is at least two tokens.
     const long = completion(Array.from({ length: small.contextSize }, (_, i) => `word${i}`).join(' '), { maxTokens: 4 });
-    expect(await rejection(run(small, long))).to.be.instanceOf(EngineError);
-    const ok = await run(small, completion('Hi', { maxTokens: 4, temperature: 0 }));
+    expect(await rejection(runEngine(small, long))).to.be.instanceOf(EngineError);
+    const ok = await runEngine(small, completion('Hi', { maxTokens: 4, temperature: 0 }));
     expect(ok.result.completionTokens).to.equal(4);
   });
 
   it('caps generation at the room left in the context', async () => {
     const small = await startEngine(tinyPath, { contextSize: 64 });
-    const r = await run(small, completion('Hello there, how are you', { maxTokens: 5000, temperature: 0 }));
+    const r = await runEngine(small, completion('Hello there, how are you', { maxTokens: 5000, temperature: 0 }));
     expect(r.result.finishReason).to.equal('length');
     expect(r.result.completionTokens).to.be.lessThan(small.contextSize);
     const used = r.result.promptTokens + r.result.completionTokens;

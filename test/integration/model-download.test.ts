@@ -7,16 +7,7 @@ import { join, relative } from 'node:path';
 import { ConfigError, createLogger } from '@llmux/shared';
 import { parseHfSource, resolveModelSource } from '@llmux/worker-agent';
 import { MODELS_DIR } from '../helpers/models.js';
-
-/** Awaits a promise that must reject, and returns the reason. */
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  expect.fail('expected the promise to reject');
-}
+import { rejection } from '../helpers/engines.js';
 
 /** Every file (not folder) under `dir`, as paths relative to it. */
 async function filesUnder(dir: string): Promise<string[]> {

@@ -1,14 +1,12 @@
 import { expect } from 'chai';
-import { simToken } from '@llmux/worker-agent';
 import { TestSystem } from '../helpers/system.js';
 import { testModel } from '../helpers/models.js';
 import { expectComplete, openStream, replyEvents, type OpenStream } from '../helpers/streams.js';
+import { story } from '../helpers/engines.js';
 
 const GATEWAY_ID = 'gw-failure';
 /** Fast failure detection for tests: a worker silent for 1 s is dead. */
 const FAST = { HEARTBEAT_INTERVAL_MS: '200', HEARTBEAT_TTL_MS: '1000', RECLAIM_INTERVAL_MS: '200', LOG_LEVEL: 'debug' };
-
-const simText = (n: number) => Array.from({ length: n }, (_, i) => simToken(i)).join('');
 
 /**
  * Worker failure is invisible to clients: real worker processes are killed,
@@ -58,8 +56,8 @@ describe('no lost request when a worker fails', function () {
 
     const texts = await Promise.all(streams.map((s) => expectComplete(sys, GATEWAY_ID, s)));
     streams.forEach((s, i) => {
-      if (s.model === 'sim') expect(texts[i]).to.equal(simText(160));
-      if (s.model === 'sim-slow') expect(texts[i]).to.equal(simText(40));
+      if (s.model === 'sim') expect(texts[i]).to.equal(story(160));
+      if (s.model === 'sim-slow') expect(texts[i]).to.equal(story(40));
     });
     const finishedOnW0 = new Set(w0.logs.filter((l) => l.msg === 'request done').map((l) => l.rid));
     const resumed = new Map(w1.logs.filter((l) => l.msg === 'request resumed').map((l) => [l.rid as string, l]));
@@ -92,7 +90,7 @@ describe('no lost request when a worker fails', function () {
     await w1.waitForLog((l) => l.msg === 'request resumed' && l.rid === s.rid);
     w0.kill('SIGCONT');
     await w0.waitForLog((l) => l.msg === 'request fenced: another worker took it over' && l.rid === s.rid);
-    expect(await expectComplete(sys, GATEWAY_ID, s)).to.equal(simText(250));
+    expect(await expectComplete(sys, GATEWAY_ID, s)).to.equal(story(250));
     expect(w0.running).to.equal(true);
   });
 
@@ -111,6 +109,6 @@ describe('no lost request when a worker fails', function () {
     expect((await w0.exited).code).to.equal(0);
     const resumed = await w1.waitForLog((l) => l.msg === 'request resumed' && l.rid === s.rid);
     expect(resumed.resumedTokens as number).to.be.greaterThan(0);
-    expect(await expectComplete(sys, GATEWAY_ID, s)).to.equal(simText(200));
+    expect(await expectComplete(sys, GATEWAY_ID, s)).to.equal(story(200));
   });
 });

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { AbortError, type JobParams } from '@llmux/shared';
-import { SimEngine, simPromptTokens, simToken, type GenerateResult } from '@llmux/worker-agent';
+import { SimEngine, simPromptTokens, simToken } from '@llmux/worker-agent';
+import { rejection, runEngine, story } from '../helpers/engines.js';
 
 const engine = (outputTokens: number | null) =>
   new SimEngine({ capacity: 4, ttftMs: 0, itlMs: 0, outputTokens, contextSize: 4096 });
@@ -14,33 +15,9 @@ const chat = (maxTokens: number): JobParams => ({
   maxTokens,
 });
 
-interface Run {
-  result: GenerateResult;
-  chunks: { text: string; tokens: number }[];
-  text: string;
-}
-
-async function run(e: SimEngine, params: JobParams, signal = new AbortController().signal): Promise<Run> {
-  const chunks: { text: string; tokens: number }[] = [];
-  const result = await e.generate(params, (text, tokens) => chunks.push({ text, tokens }), signal);
-  return { result, chunks, text: chunks.map((c) => c.text).join('') };
-}
-
-const story = (n: number) => Array.from({ length: n }, (_, i) => simToken(i)).join('');
-
-/** Awaits a promise that must reject, and returns the reason. */
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  expect.fail('expected the promise to reject');
-}
-
 describe('SimEngine', () => {
   it('produces exactly max_tokens tokens when outputTokens is null, finishing with length', async () => {
-    const r = await run(engine(null), chat(23));
+    const r = await runEngine(engine(null), chat(23));
     expect(r.result).to.deep.equal({ finishReason: 'length', promptTokens: 7, completionTokens: 23 });
     expect(r.chunks).to.have.length(23);
     for (const c of r.chunks) expect(c.tokens).to.equal(1);
@@ -48,7 +25,7 @@ describe('SimEngine', () => {
   });
 
   it('stops at outputTokens below max_tokens, finishing with stop', async () => {
-    const r = await run(engine(5), chat(100));
+    const r = await runEngine(engine(5), chat(100));
     expect(r.result.finishReason).to.equal('stop');
     expect(r.result.completionTokens).to.equal(5);
     expect(r.chunks).to.have.length(5);
@@ -57,20 +34,20 @@ describe('SimEngine', () => {
   });
 
   it('is capped by max_tokens below outputTokens, finishing with length', async () => {
-    const r = await run(engine(50), chat(7));
+    const r = await runEngine(engine(50), chat(7));
     expect(r.result.finishReason).to.equal('length');
     expect(r.result.completionTokens).to.equal(7);
     expect(r.text).to.equal(story(7));
   });
 
   it('finishes with length when outputTokens equals max_tokens', async () => {
-    const r = await run(engine(9), chat(9));
+    const r = await runEngine(engine(9), chat(9));
     expect(r.result).to.include({ finishReason: 'length', completionTokens: 9 });
   });
 
   it('produces the same text for every request and repeats its story', async () => {
     const e = engine(null);
-    const [a, b] = await Promise.all([run(e, chat(40)), run(e, { kind: 'completion', prompt: 'x', maxTokens: 40 })]);
+    const [a, b] = await Promise.all([runEngine(e, chat(40)), runEngine(e, { kind: 'completion', prompt: 'x', maxTokens: 40 })]);
     expect(a.text).to.equal(b.text);
     expect(simToken(15)).to.equal(simToken(0));
     expect(b.result.promptTokens).to.equal(1);
@@ -108,7 +85,7 @@ describe('SimEngine', () => {
     expect(err).to.be.instanceOf(AbortError);
     expect(aborted).to.equal(3);
     // Let several timer turns pass (another generation runs meanwhile): no token of the aborted one follows.
-    const other = await run(engine(null), chat(5));
+    const other = await runEngine(engine(null), chat(5));
     expect(other.text).to.equal(story(5));
     expect(chunks).to.deep.equal([simToken(0), simToken(1), simToken(2)]);
   });

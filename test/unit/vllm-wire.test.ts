@@ -10,11 +10,11 @@ import {
   SseDecoder,
   storyOffset,
   streamError,
-  simToken,
   vllmLoad,
   vllmLoadMetrics,
   type StreamEvent,
 } from '@llmux/worker-agent';
+import { story } from '../helpers/engines.js';
 
 /**
  * The wire formats the openai and vllm engines read, on literal fixtures in
@@ -258,7 +258,6 @@ describe('Prometheus text parsing (vLLM /metrics)', () => {
 
 describe('sim-server helpers', () => {
   it('finds where a prompt leaves the story', () => {
-    const story = (n: number) => Array.from({ length: n }, (_, i) => simToken(i)).join('');
     expect(storyOffset('Tell me a story.')).to.equal(0);
     expect(storyOffset('Tell me a story.' + story(7))).to.equal(7);
     expect(storyOffset(story(40))).to.equal(40);
