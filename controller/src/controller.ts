@@ -30,7 +30,7 @@ import {
 import { Autoscaler } from './autoscaler.js';
 import { ControlJobs } from './control-jobs.js';
 import { EventLog } from './events.js';
-import { LeaderLease } from './leader.js';
+import { currentLeader, LeaderLease } from './leader.js';
 import { LocalFleet, type ProcessRecord } from './local/fleet.js';
 import { Supervised, type ReadyMessage } from './local/supervisor.js';
 
@@ -431,11 +431,8 @@ export class Controller implements ControllerApi {
     if (!this.isLeader()) throw new NotLeaderError((await this.leader())?.adminAddress ?? null);
   }
 
-  async leader(): Promise<{ id: string; adminAddress: string | null } | null> {
-    const v = await this.redis.get(this.keys.controllerLease());
-    if (!v) return null;
-    const [id, addr] = v.split(' ');
-    return { id: id!, adminAddress: addr && addr !== '-' ? addr : null };
+  leader(): Promise<{ id: string; adminAddress: string | null } | null> {
+    return currentLeader(this.redis, this.keys);
   }
 
   async listDeployments(): Promise<Deployment[]> {

@@ -1,6 +1,7 @@
 export { Controller, type ControllerOptions } from './controller.js';
 export * from './api.js';
-export { EmbeddedRedis, ensureRedis, freePort, redisAnswers } from './local/embedded-redis.js';
+export { EmbeddedRedis, ensureRedis, redisAnswers } from './local/embedded-redis.js';
+export { freePort } from '@llmux/shared';
 export { Supervised, type SupervisedOptions, type ChildState } from './local/supervisor.js';
 export { LocalFleet, type ProcessRecord } from './local/fleet.js';
 export { LeaderLease } from './leader.js';

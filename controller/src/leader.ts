@@ -74,11 +74,8 @@ export class LeaderLease extends EventEmitter {
   }
 
   /** The current leader's id and admin address, if any. */
-  async current(): Promise<{ id: string; adminAddress: string | null } | null> {
-    const v = await this.o.redis.get(this.o.keys.controllerLease());
-    if (!v) return null;
-    const [id, addr] = v.split(' ');
-    return { id: id!, adminAddress: addr && addr !== '-' ? addr : null };
+  current(): Promise<{ id: string; adminAddress: string | null } | null> {
+    return currentLeader(this.o.redis, this.o.keys);
   }
 
   /** Stops renewing and releases the lease if held. */
@@ -90,4 +87,12 @@ export class LeaderLease extends EventEmitter {
       await scripts.leaseRelease.run(this.o.redis, [this.o.keys.controllerLease()], [this.token]).catch(() => {});
     }
   }
+}
+
+/** Reads the lease: the leader's id and admin address (`<id> <address or -> <nonce>`), null when none leads. */
+export async function currentLeader(redis: Redis, keys: Keys): Promise<{ id: string; adminAddress: string | null } | null> {
+  const v = await redis.get(keys.controllerLease());
+  if (!v) return null;
+  const [id, addr] = v.split(' ');
+  return { id: id!, adminAddress: addr && addr !== '-' ? addr : null };
 }

@@ -7,3 +7,4 @@ export * from './config/zod-errors.js';
 export * from './protocol/job.js';
 export * from './protocol/events.js';
 export * from './redis/index.js';
+export * from './util/net.js';

@@ -10,7 +10,8 @@ export type { Engine, GenerateResult, Resume, TextSink } from './types.js';
 export { SimEngine, simToken, simPromptTokens } from './sim.js';
 export { LlamaCppEngine } from './llamacpp.js';
 export { OpenAIEngine, httpError, streamError, type OpenAIEngineOptions } from './openai.js';
-export { VllmEngine, freePort, type VllmEngineOptions, type VllmState } from './vllm.js';
+export { VllmEngine, type VllmEngineOptions, type VllmState } from './vllm.js';
+export { freePort } from '@llmux/shared';
 export {
   SseDecoder,
   decodeStreamData,

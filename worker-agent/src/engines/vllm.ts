@@ -1,8 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
-import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
-import { AbortError, ConfigError, EngineError, EngineUnavailableError, type JobParams, type Logger } from '@llmux/shared';
+import {
+  AbortError,
+  ConfigError,
+  EngineError,
+  EngineUnavailableError,
+  freePort,
+  type JobParams,
+  type Logger,
+} from '@llmux/shared';
 import type { Engine, GenerateResult, Resume, TextSink } from './types.js';
 import { OpenAIEngine } from './openai.js';
 import { parsePrometheusText, vllmLoad, vllmLoadMetrics, type VllmLoadMetrics } from './prometheus.js';
@@ -54,20 +61,6 @@ interface Incarnation {
 }
 
 const TAIL_LINES = 30;
-
-/** Resolves with a TCP port that was free a moment ago. */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * vLLM as an engine: the agent runs `vllm serve <model> --host 127.0.0.1
