@@ -103,6 +103,20 @@ describe('controller', function () {
     expect(after.pid).to.not.equal(worker.pid);
   });
 
+  it('a hung worker (heartbeat lapsed, process alive) is declared dead, handed over and restarted', async () => {
+    await writeDeployments([sim('sim')]);
+    const { proc, url } = await startController('c1');
+    const worker = (await processes()).get('c1-sim-0')!;
+    const s = await openStream(url, 'sim', 150, 'Tell me');
+    await s.firstText;
+    process.kill(worker.pid, 'SIGSTOP');
+    await proc.waitForLog(event('worker-dead', 'c1-sim-0'));
+    await proc.waitForLog(event('worker-restarted', 'c1-sim-0'));
+    await proc.waitForLogs(event('worker-up', 'c1-sim-0'), 2);
+    expect(await expectComplete({ redis: r, keys }, await gatewayId(), s)).to.equal(story(150));
+    expect((await processes()).get('c1-sim-0')!.pid).to.not.equal(worker.pid);
+  });
+
   it('detects a crash loop, stops restarting it, and keeps serving the healthy model', async () => {
     await writeDeployments([sim('sim')]);
     const { proc, url } = await startController('c1', { CRASH_LOOP_EXITS: '3' });
