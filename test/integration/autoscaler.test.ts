@@ -56,6 +56,9 @@ describe('autoscaler decisions', function () {
           params: { kind: 'completion', prompt: 'x', maxTokens: 1 },
           enqueuedAt: Date.now(),
           deadline: Date.now() + 60_000,
+          tenant: 'default',
+          priority: 'normal',
+          retainMs: 0,
         }),
       ),
     );

@@ -32,6 +32,9 @@ const job: Job = {
   },
   enqueuedAt: 1_700_000_000_000,
   deadline: 1_700_000_600_000,
+  tenant: 'acme',
+  priority: 'high',
+  retainMs: 3_600_000,
 };
 
 /** Field/value pairs as a map, to edit one field of an encoded entry. */

@@ -1,4 +1,13 @@
-import type { Cancellation, Job, JobParams, Logger, ReplyEvent, RequestQueue } from '@llmux/shared';
+import {
+  DEFAULT_TENANT,
+  type Cancellation,
+  type Job,
+  type JobParams,
+  type Logger,
+  type Priority,
+  type ReplyEvent,
+  type RequestQueue,
+} from '@llmux/shared';
 import type { Sink } from './sinks.js';
 
 /**
@@ -27,6 +36,10 @@ export interface SubmitOptions {
   timeoutMs: number;
   /** The message of the 504 sent when the time limit passes. */
   timeoutMessage?: string;
+  tenant?: string;
+  priority?: Priority;
+  /** Output log retention after the deadline, ms (0: the worker's default). */
+  retainMs?: number;
 }
 
 /**
@@ -67,6 +80,9 @@ export class Dispatcher {
       params: o.params,
       enqueuedAt: now,
       deadline: now + o.timeoutMs + WORKER_DEADLINE_GRACE_MS,
+      tenant: o.tenant ?? DEFAULT_TENANT,
+      priority: o.priority ?? 'normal',
+      retainMs: o.retainMs ?? 0,
     };
     const timer = setTimeout(() => this.expire(o.rid), o.timeoutMs);
     const timeoutMessage = o.timeoutMessage ?? 'The request did not finish within its time limit (REQUEST_TIMEOUT_MS).';

@@ -45,6 +45,12 @@ const gatewayEnv = z.object({
   MAX_BUFFERED_BYTES: int(1_048_576, 1024),
   /** Most characters of prompt text a request may carry (all messages together). Default 1000000. */
   MAX_PROMPT_CHARS: int(1_000_000, 1),
+  /** `required`: every API request needs `Authorization: Bearer <key>` with a key created by `llmctl keys create`. Default `off`. */
+  AUTH: z.enum(['off', 'required']).default('off'),
+  /** How long an Idempotency-Key (and the output of its request) is kept. Default 3600000 ms (1 hour). */
+  IDEMPOTENCY_TTL_MS: int(3_600_000, 1000),
+  /** A request sent with an Idempotency-Key keeps running this long after its client went away, so a retry can attach. Default 30000 ms. */
+  RESUME_GRACE_MS: int(30_000, 0),
 });
 
 const workerEnv = z.object({
@@ -159,6 +165,9 @@ export interface GatewayConfig extends CommonConfig {
   maxOpenRequests: number;
   maxBufferedBytes: number;
   maxPromptChars: number;
+  auth: 'off' | 'required';
+  idempotencyTtlMs: number;
+  resumeGraceMs: number;
 }
 
 export interface WorkerConfig extends CommonConfig {
@@ -214,6 +223,9 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     maxOpenRequests: e.MAX_OPEN_REQUESTS,
     maxBufferedBytes: e.MAX_BUFFERED_BYTES,
     maxPromptChars: e.MAX_PROMPT_CHARS,
+    auth: e.AUTH,
+    idempotencyTtlMs: e.IDEMPOTENCY_TTL_MS,
+    resumeGraceMs: e.RESUME_GRACE_MS,
   };
 }
 

@@ -28,6 +28,18 @@ export const jobParamsSchema = z.object({
 export type ChatMessage = z.infer<typeof chatMessageSchema>;
 export type JobParams = z.infer<typeof jobParamsSchema>;
 
+/**
+ * Scheduling priority. Strict between levels (every waiting `high` request of
+ * a model is dispatched before any `normal` one); weighted fair sharing between
+ * tenants within a level.
+ */
+export const PRIORITIES = ['low', 'normal', 'high'] as const;
+export type Priority = (typeof PRIORITIES)[number];
+
+/** Tenant names: API keys belong to one; `default` when auth is off. */
+export const TENANT_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+export const DEFAULT_TENANT = 'default';
+
 export interface Job {
   /** Request id, unique across the fleet; also the completion's `id`. */
   rid: string;
@@ -40,6 +52,11 @@ export interface Job {
   enqueuedAt: number;
   /** Time after which the work is useless, ms since epoch. */
   deadline: number;
+  /** Who sent it (fair sharing is between tenants). */
+  tenant: string;
+  priority: Priority;
+  /** How long the request's output log is kept after its deadline, ms (0: the worker's OUTPUT_RETENTION_MS). */
+  retainMs: number;
 }
 
 /** Flattens a job into XADD field/value pairs. */
@@ -52,6 +69,9 @@ export function encodeJob(job: Job): string[] {
     'params', JSON.stringify(job.params),
     'ts', String(job.enqueuedAt),
     'deadline', String(job.deadline),
+    'tenant', job.tenant,
+    'priority', job.priority,
+    'retain', String(job.retainMs),
   ]; // prettier-ignore
 }
 
@@ -67,6 +87,10 @@ const entrySchema = z.object({
   params: z.string(),
   ts: z.coerce.number().int(),
   deadline: z.coerce.number().int(),
+  // Absent in entries written before tenants existed.
+  tenant: z.string().regex(TENANT_NAME).default(DEFAULT_TENANT),
+  priority: z.enum(PRIORITIES).default('normal'),
+  retain: z.coerce.number().int().min(0).default(0),
 });
 
 /** Parses XREADGROUP field/value pairs back into a job, validating everything. */
@@ -90,5 +114,8 @@ export function decodeJob(fields: readonly string[]): Job {
     params: p.data,
     enqueuedAt: e.data.ts,
     deadline: e.data.deadline,
+    tenant: e.data.tenant,
+    priority: e.data.priority,
+    retainMs: e.data.retain,
   };
 }

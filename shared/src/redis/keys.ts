@@ -11,7 +11,15 @@
  * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
  * | `<p>:gw:{id}:req:<rid>` | hash, TTL | workers | owner, next seq, tokens delivered, attempts, done |
  * | `<p>:gw:{id}:out:<rid>` | string, TTL | workers | text delivered so far (for continuation) |
+ * | `<p>:gw:{id}:log:<rid>` | stream, TTL | workers | the request's events, entry id `<seq+1>-0` (resume, replay) |
+ * | `<p>:gw:{id}:follow:<rid>` | string, TTL | gateways | someone follows the request: its disconnect grace is extended |
+ * | `<p>:{model}:q:<priority>:<tenant>` | list | gateway | requests of one tenant waiting for fair dispatch |
+ * | `<p>:{model}:fair:<priority>` | sorted set | gateway, workers | backlogged tenants by virtual time (weighted fair queueing) |
+ * | `<p>:{model}:fair` | hash | gateway, workers | virtual clock per priority, `staged` count |
  * | `<p>:{model}:load` | pub/sub channel | workers | a worker's load changed (least-loaded claiming) |
+ * | `<p>:apikey:<sha256>` | hash | CLI (admin API), gateway | an API key's record and its rate-limit buckets |
+ * | `<p>:apikeys` | hash | CLI (admin API) | key id -> sha256 of the key (listing, revoking) |
+ * | `<p>:idem:{tenant}:<sha256>` | string (JSON), TTL | gateway | an Idempotency-Key: body hash, request id, gateway |
  * | `<p>:workers` | sorted set | workers | worker id -> last heartbeat ms |
  * | `<p>:worker:<id>` | string (JSON), TTL | workers | worker status |
  * | `<p>:deployments` | hash | controller | model name -> deployment JSON |
@@ -45,6 +53,46 @@ export class Keys {
   /** The text a request has delivered so far. */
   requestOutput(gatewayId: string, rid: string): string {
     return `${this.prefix}:gw:{${gatewayId}}:out:${rid}`;
+  }
+
+  /** A request's events as written, one entry per event with id `<seq+1>-0`. */
+  requestLog(gatewayId: string, rid: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:log:${rid}`;
+  }
+
+  /** Present while some client follows (resumes or attached to) the request. */
+  requestFollowers(gatewayId: string, rid: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:follow:${rid}`;
+  }
+
+  /** One tenant's requests of one priority waiting for fair dispatch. */
+  tenantQueue(model: string, priority: string, tenant: string): string {
+    return `${this.prefix}:{${model}}:q:${priority}:${tenant}`;
+  }
+
+  /** Backlogged tenants of one priority, scored by virtual time. */
+  fairIndex(model: string, priority: string): string {
+    return `${this.prefix}:{${model}}:fair:${priority}`;
+  }
+
+  /** The model's fair-queue clock (per priority) and staged count. */
+  fairState(model: string): string {
+    return `${this.prefix}:{${model}}:fair`;
+  }
+
+  /** An API key's record, by the sha256 of the key. */
+  apiKey(sha256: string): string {
+    return `${this.prefix}:apikey:${sha256}`;
+  }
+
+  /** Key id -> sha256, for listing and revoking. */
+  apiKeyIndex(): string {
+    return `${this.prefix}:apikeys`;
+  }
+
+  /** An Idempotency-Key of a tenant, by the sha256 of the key. */
+  idempotency(tenant: string, sha256: string): string {
+    return `${this.prefix}:idem:{${tenant}}:${sha256}`;
   }
 
   loadChannel(model: string): string {
