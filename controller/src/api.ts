@@ -1,4 +1,4 @@
-import type { Deployment, DeploymentsFile, WorkerStatus } from '@llmux/shared';
+import type { ApiKeyRecord, CreatedApiKey, Deployment, DeploymentsFile, NewApiKey, WorkerStatus } from '@llmux/shared';
 
 /** A worker as the admin API shows it: its last heartbeat plus what the controller knows. */
 export interface WorkerInfo {
@@ -35,7 +35,9 @@ export type ClusterEventKind =
   | 'crash-loop'
   | 'requests-handed-over'
   | 'scaled'
-  | 'draining';
+  | 'draining'
+  | 'api-key-created'
+  | 'api-key-revoked';
 
 /** Something that happened in the cluster, as the watch stream delivers it. */
 export interface ClusterEvent {
@@ -74,6 +76,15 @@ export interface ControllerApi {
   drainWorker(id: string): Promise<void>;
   /** Restarts a worker (local mode: its process; cluster mode: a control job to its agent). */
   restartWorker(id: string): Promise<void>;
+  /**
+   * Issues an API key (see ApiKeys in @llmux/shared). The result is the only
+   * place the secret ever appears. Invalid options: InvalidRequestError.
+   */
+  createApiKey(opts: NewApiKey): Promise<CreatedApiKey>;
+  /** Every API key's record, oldest first; never a secret. */
+  listApiKeys(): Promise<ApiKeyRecord[]>;
+  /** Revokes an API key by id; UnknownTargetError if there is none. */
+  revokeApiKey(id: string): Promise<void>;
   /** Subscribes to cluster events; returns the unsubscribe function. */
   watch(onEvent: (ev: ClusterEvent) => void): () => void;
 }
@@ -91,4 +102,4 @@ export class UnknownTargetError extends Error {
   override name = 'UnknownTargetError';
 }
 
-export type { DeploymentsFile };
+export type { ApiKeyRecord, CreatedApiKey, DeploymentsFile, NewApiKey };

@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { basename, dirname, resolve } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import {
+  ApiKeys,
   ConfigError,
   createRedis,
   DeploymentRegistry,
@@ -11,10 +12,13 @@ import {
   parseDeployments,
   RequestQueue,
   WorkerRegistry,
+  type ApiKeyRecord,
   type ControllerConfig,
+  type CreatedApiKey,
   type Deployment,
   type DeploymentsFile,
   type Logger,
+  type NewApiKey,
   type Redis,
   type WorkerStatus,
 } from '@llmux/shared';
@@ -70,6 +74,7 @@ export class Controller implements ControllerApi {
   private gateway: Supervised | null = null;
   private readonly control: ControlJobs;
   private readonly autoscaler: Autoscaler;
+  private readonly apiKeys: ApiKeys;
   private tasks: ScheduledTask[] = [];
   private fileWatcher: FSWatcher | null = null;
   private fileTimer: NodeJS.Timeout | null = null;
@@ -94,6 +99,7 @@ export class Controller implements ControllerApi {
     this.queue = new RequestQueue(this.redis, this.keys);
     this.events = new EventLog(this.redis, o.redisUrl, this.keys, this.log);
     this.control = new ControlJobs(this.redis, this.keys, this.log);
+    this.apiKeys = new ApiKeys(this.redis, this.keys);
     this.autoscaler = new Autoscaler({
       redis: this.redis,
       keys: this.keys,
@@ -506,6 +512,28 @@ export class Controller implements ControllerApi {
     if (!known) throw new UnknownTargetError(`no worker named "${id}"`);
     await this.control.send(id, 'restart-engine', {});
     this.events.record('worker-restarted', id, `restart of ${id}'s engine sent as a control job`);
+  }
+
+  async createApiKey(opts: NewApiKey): Promise<CreatedApiKey> {
+    await this.requireLeader();
+    const created = await this.apiKeys.create(opts);
+    const r = created.record;
+    // The event names the key by id only: the secret goes to the caller and nowhere else.
+    this.events.record('api-key-created', r.tenant, `API key ${r.id}${r.name ? ` (${r.name})` : ''} issued to ${r.tenant}`);
+    return created;
+  }
+
+  listApiKeys(): Promise<ApiKeyRecord[]> {
+    return this.apiKeys.list();
+  }
+
+  async revokeApiKey(id: string): Promise<void> {
+    await this.requireLeader();
+    // Read first, for the event; an index entry without a record (a crashed create) is still removed.
+    const record = await this.apiKeys.get(id);
+    if (!(await this.apiKeys.revoke(id))) throw new UnknownTargetError(`no API key with id "${id}"`);
+    const tenant = record?.tenant ?? '';
+    this.events.record('api-key-revoked', tenant, `API key ${id}${tenant ? ` of ${tenant}` : ''} revoked`);
   }
 
   watch(onEvent: (ev: ClusterEvent) => void): () => void {

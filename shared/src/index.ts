@@ -8,3 +8,4 @@ export * from './protocol/job.js';
 export * from './protocol/events.js';
 export * from './redis/index.js';
 export * from './util/net.js';
+export * from './tenancy/api-keys.js';

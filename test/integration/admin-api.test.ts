@@ -9,7 +9,16 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { pino } from 'pino';
-import { ConfigError, parseDeployments, type Deployment } from '@llmux/shared';
+import {
+  ConfigError,
+  InvalidRequestError,
+  parseDeployments,
+  TENANT_NAME,
+  type ApiKeyRecord,
+  type CreatedApiKey,
+  type Deployment,
+  type NewApiKey,
+} from '@llmux/shared';
 import { freePort } from '@llmux/controller';
 import type * as ApiModule from '../../controller/src/api.js';
 import type * as ServerModule from '../../controller/src/admin/server.js';
@@ -121,6 +130,9 @@ class StandInController implements ControllerApi {
   ];
   drained: string[] = [];
   restarted: string[] = [];
+  apiKeys: ApiKeyRecord[] = [];
+  /** The options each createApiKey received, as the server decoded them. */
+  keyRequests: NewApiKey[] = [];
   /** Set to make the next listWorkers fail with this error. */
   failListWorkers: Error | null = null;
   private readonly subscribers = new Set<(ev: ClusterEvent) => void>();
@@ -209,6 +221,33 @@ class StandInController implements ControllerApi {
     this.requireLeader();
     this.worker(id);
     this.restarted.push(id);
+  }
+  async createApiKey(opts: NewApiKey): Promise<CreatedApiKey> {
+    this.requireLeader();
+    if (!TENANT_NAME.test(opts.tenant)) throw new InvalidRequestError(`tenant is invalid: ${opts.tenant}`, 'tenant');
+    this.keyRequests.push(opts);
+    const n = this.apiKeys.length;
+    const record: ApiKeyRecord = {
+      id: `key_${String(n).padStart(12, '0')}`,
+      tenant: opts.tenant,
+      name: opts.name ?? '',
+      rpm: opts.rpm ?? null,
+      tpm: opts.tpm ?? null,
+      weight: opts.weight ?? 1,
+      maxPriority: opts.maxPriority ?? 'normal',
+      createdAt: 1_700_000_000_000 + n,
+    };
+    this.apiKeys.push(record);
+    return { id: record.id, key: `sk-llmux-${String(n).padStart(32, 'k')}`, record };
+  }
+  async listApiKeys() {
+    return this.apiKeys;
+  }
+  async revokeApiKey(id: string): Promise<void> {
+    this.requireLeader();
+    const before = this.apiKeys.length;
+    this.apiKeys = this.apiKeys.filter((k) => k.id !== id);
+    if (this.apiKeys.length === before) throw new UnknownTargetError(`no API key with id "${id}"`);
   }
   watch(onEvent: (ev: ClusterEvent) => void): () => void {
     this.subscribers.add(onEvent);
@@ -336,6 +375,40 @@ describe('admin API and llmctl', function () {
       expect(api.restarted).to.deep.equal(['w3']);
     });
 
+    it('CreateApiKey, ListApiKeys and RevokeApiKey; absent options stay absent for the controller to default', async () => {
+      const full = await client.createApiKey({
+        tenant: 'acme',
+        name: 'ci',
+        rpm: 60,
+        tpm: 90_000,
+        weight: 2.5,
+        maxPriority: 'high',
+      });
+      expect(full).to.deep.equal({
+        id: 'key_000000000000',
+        key: `sk-llmux-${'k'.repeat(31)}0`,
+        record: {
+          id: 'key_000000000000',
+          tenant: 'acme',
+          name: 'ci',
+          rpm: 60,
+          tpm: 90_000,
+          weight: 2.5,
+          maxPriority: 'high',
+          createdAt: 1_700_000_000_000,
+        },
+      });
+      const bare = await client.createApiKey({ tenant: 'beta' });
+      expect(api.keyRequests).to.deep.equal([
+        { tenant: 'acme', name: 'ci', rpm: 60, tpm: 90_000, weight: 2.5, maxPriority: 'high' },
+        { tenant: 'beta', name: '', rpm: null, tpm: null, weight: undefined, maxPriority: undefined },
+      ]);
+      expect(bare.record).to.deep.include({ rpm: null, tpm: null, weight: 1, maxPriority: 'normal' });
+      expect(await client.listApiKeys()).to.deep.equal([full.record, bare.record]);
+      await client.revokeApiKey(full.id);
+      expect(await client.listApiKeys()).to.deep.equal([bare.record]);
+    });
+
     it('GetLeader: a leader, a standby, no leader', async () => {
       expect(await client.getLeader()).to.deep.equal({
         leader: { id: 'ctl-a', adminAddress: LEADER_ADDRESS },
@@ -368,6 +441,22 @@ describe('admin API and llmctl', function () {
       expect(err.code).to.equal(Status.FAILED_PRECONDITION);
       expect(err.details).to.match(/no leader holds the lease/);
       expect(err.leaderAddress).to.equal(null);
+    });
+
+    it('API key changes: a standby refuses them, an unknown id is NOT_FOUND, a bad tenant INVALID_ARGUMENT', async () => {
+      const missing = await callError(client.revokeApiKey('key_000000000009'));
+      expect(missing.code).to.equal(Status.NOT_FOUND);
+      expect(missing.details).to.equal('no API key with id "key_000000000009"');
+      expect((await callError(client.revokeApiKey(''))).details).to.equal('id is required');
+      expect((await callError(client.createApiKey({ tenant: '' }))).details).to.equal('tenant is required');
+      const bad = await callError(client.createApiKey({ tenant: 'no spaces' }));
+      expect(bad.code).to.equal(Status.INVALID_ARGUMENT);
+      expect(bad.details).to.equal('tenant is invalid: no spaces');
+      api.leading = false;
+      for (const p of [client.createApiKey({ tenant: 'acme' }), client.revokeApiKey('key_000000000000')]) {
+        expect((await callError(p)).code).to.equal(Status.FAILED_PRECONDITION);
+      }
+      expect(api.apiKeys).to.deep.equal([]);
     });
 
     it('UnknownTargetError -> NOT_FOUND', async () => {

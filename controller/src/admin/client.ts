@@ -1,15 +1,19 @@
 import * as grpc from '@grpc/grpc-js';
-import type { Deployment } from '@llmux/shared';
+import type { ApiKeyRecord, CreatedApiKey, Deployment, NewApiKey } from '@llmux/shared';
 import type { ApplyResult, ClusterEvent, ModelScale, WorkerInfo } from '../api.js';
 import {
   adminService,
+  apiKeyFromWire,
   deploymentFromWire,
   eventFromWire,
   LEADER_ADDRESS_KEY,
+  newApiKeyToWire,
   scaleFromWire,
   workerFromWire,
+  type CreateApiKeyResponse,
   type GetLeaderResponse,
   type LeaderInfo,
+  type ListApiKeysResponse,
   type ListDeploymentsResponse,
   type ListScaleResponse,
   type ListWorkersResponse,
@@ -159,6 +163,22 @@ export class AdminClient {
       leader: res.leader ? { id: res.leader.id, adminAddress: res.leader.adminAddress ?? null } : null,
       answeredByLeader: res.answeredByLeader,
     };
+  }
+
+  /** Issues an API key; the result holds the secret, which the controller keeps nowhere. */
+  async createApiKey(opts: NewApiKey): Promise<CreatedApiKey> {
+    const res = await this.call<CreateApiKeyResponse>('CreateApiKey', newApiKeyToWire(opts));
+    if (!res.record) throw new Error('CreateApiKey answered without a record');
+    return { id: res.record.id, key: res.key, record: apiKeyFromWire(res.record) };
+  }
+
+  async listApiKeys(): Promise<ApiKeyRecord[]> {
+    const res = await this.call<ListApiKeysResponse>('ListApiKeys', {});
+    return res.keys.map(apiKeyFromWire);
+  }
+
+  async revokeApiKey(id: string): Promise<void> {
+    await this.call('RevokeApiKey', { id });
   }
 
   /**

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { ApplyResult, ClusterEvent, ClusterEventKind, ModelScale, WorkerInfo } from '../api.js';
-import type { Deployment, WorkerStatus } from '@llmux/shared';
+import type { ApiKeyRecord, Deployment, NewApiKey, Priority, WorkerStatus } from '@llmux/shared';
 
 /**
  * The admin API's wire format: shared/proto/admin.proto, loaded at run time
@@ -93,6 +93,17 @@ export interface WireClusterEvent {
   message: string;
 }
 
+export interface WireApiKey {
+  id: string;
+  tenant: string;
+  name: string;
+  rpm?: number | null;
+  tpm?: number | null;
+  weight: number;
+  maxPriority: string;
+  createdAt: number;
+}
+
 export type Empty = Record<string, never>;
 export interface ListDeploymentsResponse {
   deployments: WireDeployment[];
@@ -120,6 +131,25 @@ export interface WorkerRequest {
 export interface GetLeaderResponse {
   leader: WireLeader | null;
   answeredByLeader: boolean;
+}
+
+export interface CreateApiKeyRequest {
+  tenant: string;
+  name: string;
+  rpm?: number | null;
+  tpm?: number | null;
+  weight?: number | null;
+  maxPriority: string;
+}
+export interface CreateApiKeyResponse {
+  key: string;
+  record: WireApiKey | null;
+}
+export interface ListApiKeysResponse {
+  keys: WireApiKey[];
+}
+export interface ApiKeyIdRequest {
+  id: string;
 }
 
 /** What GetLeader tells: the leader, if any, and whether the controller that answered is it. */
@@ -186,4 +216,46 @@ export function eventToWire(e: ClusterEvent): WireClusterEvent {
 
 export function eventFromWire(e: WireClusterEvent): ClusterEvent {
   return { kind: e.kind as ClusterEventKind, at: e.at, subject: e.subject, message: e.message };
+}
+
+export function apiKeyToWire(r: ApiKeyRecord): WireApiKey {
+  return {
+    id: r.id,
+    tenant: r.tenant,
+    name: r.name,
+    rpm: r.rpm,
+    tpm: r.tpm,
+    weight: r.weight,
+    maxPriority: r.maxPriority,
+    createdAt: r.createdAt,
+  };
+}
+
+export function apiKeyFromWire(w: WireApiKey): ApiKeyRecord {
+  return {
+    id: w.id,
+    tenant: w.tenant,
+    name: w.name,
+    rpm: w.rpm ?? null,
+    tpm: w.tpm ?? null,
+    weight: w.weight,
+    maxPriority: w.maxPriority as Priority,
+    createdAt: w.createdAt,
+  };
+}
+
+/** Absent options stay absent on the wire, so the controller applies its defaults. */
+export function newApiKeyToWire(o: NewApiKey): CreateApiKeyRequest {
+  return { tenant: o.tenant, name: o.name ?? '', rpm: o.rpm, tpm: o.tpm, weight: o.weight, maxPriority: o.maxPriority ?? '' };
+}
+
+export function newApiKeyFromWire(r: CreateApiKeyRequest): NewApiKey {
+  return {
+    tenant: r.tenant,
+    name: r.name,
+    rpm: r.rpm ?? null,
+    tpm: r.tpm ?? null,
+    weight: r.weight ?? undefined,
+    maxPriority: (r.maxPriority || undefined) as Priority | undefined,
+  };
 }

@@ -6,15 +6,21 @@ import { ApiError, ConfigError, isTransientRedisError, type Logger } from '@llmu
 import { NotLeaderError, UnknownTargetError, type ControllerApi } from '../api.js';
 import {
   adminService,
+  apiKeyToWire,
   deploymentToWire,
   eventToWire,
   LEADER_ADDRESS_KEY,
+  newApiKeyFromWire,
   scaleToWire,
   workerToWire,
+  type ApiKeyIdRequest,
   type ApplyDeploymentsRequest,
   type ApplyDeploymentsResponse,
+  type CreateApiKeyRequest,
+  type CreateApiKeyResponse,
   type Empty,
   type GetLeaderResponse,
+  type ListApiKeysResponse,
   type ListDeploymentsResponse,
   type ListScaleResponse,
   type ListWorkersResponse,
@@ -206,6 +212,21 @@ export async function startAdminServer(api: ControllerApi, opts: AdminServerOpti
         leader: leader ? { id: leader.id, adminAddress: leader.adminAddress ?? undefined } : null,
         answeredByLeader: api.isLeader(),
       };
+    }),
+    CreateApiKey: unary<CreateApiKeyRequest, CreateApiKeyResponse>('CreateApiKey', async (req) => {
+      required('tenant', req.tenant);
+      const created = await api.createApiKey(newApiKeyFromWire(req));
+      // The id only: the secret is in the response and nowhere else.
+      log.info({ id: created.id, tenant: created.record.tenant }, 'API key created through the admin API');
+      return { key: created.key, record: apiKeyToWire(created.record) };
+    }),
+    ListApiKeys: unary<Empty, ListApiKeysResponse>('ListApiKeys', async () => ({
+      keys: (await api.listApiKeys()).map(apiKeyToWire),
+    })),
+    RevokeApiKey: unary<ApiKeyIdRequest, Empty>('RevokeApiKey', async (req) => {
+      await api.revokeApiKey(required('id', req.id));
+      log.info({ id: req.id }, 'API key revoked through the admin API');
+      return {};
     }),
     Watch: ((call: grpc.ServerWritableStream<Empty, WireClusterEvent>) => {
       try {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import type { Deployment } from '@llmux/shared';
+import { PRIORITIES, TENANT_NAME, type ApiKeyRecord, type Deployment, type NewApiKey, type Priority } from '@llmux/shared';
 import type { ClusterEvent, ModelScale, WorkerInfo } from '../api.js';
 import { AdminCallError, AdminClient, type AdminClientOptions } from '../admin/client.js';
 import { formatTable } from './table.js';
@@ -24,6 +24,10 @@ commands:
   restart <worker>            restart a worker
   leader                      show which controller leads
   watch                       print cluster events as they happen, until Ctrl-C
+  keys create --tenant <t> [key options]
+                              issue an API key; its secret is printed once, store it then
+  keys list                   list the API keys (never their secrets)
+  keys revoke <id>            revoke an API key: its next request is refused
 
 options:
   --address host:port  the controller's admin API (env LLMUX_ADMIN_ADDRESS, default ${DEFAULT_ADDRESS})
@@ -32,6 +36,14 @@ options:
   --ca <file>          connect with TLS, trusting this CA or self-signed certificate (env LLMUX_ADMIN_CA)
   --json               machine-readable output (watch: one JSON object per line)
   -h, --help           show this help
+
+key options (keys create):
+  --tenant <tenant>    the tenant the key belongs to (required; 1-64 of A-Z a-z 0-9 _ . -)
+  --name <name>        a label for operators
+  --rpm <n>            requests per minute (default unlimited)
+  --tpm <n>            tokens per minute, prompt + completion (default unlimited)
+  --weight <w>         the tenant's share in fair queueing, > 0 (default 1)
+  --max-priority <p>   the highest priority its requests may ask for: low, normal, high (default normal)
 
 exit codes: 0 ok, 1 error, 2 usage`;
 
@@ -88,6 +100,8 @@ interface Parsed {
   ca: string | null;
   json: boolean;
   help: boolean;
+  /** `keys create`: the key to issue. */
+  newKey: NewApiKey | null;
 }
 
 const ARITY: Record<string, [min: number, max: number, names: string]> = {
@@ -99,7 +113,19 @@ const ARITY: Record<string, [min: number, max: number, names: string]> = {
   restart: [1, 1, '<worker>'],
   leader: [0, 0, ''],
   watch: [0, 0, ''],
+  keys: [1, 2, 'create | list | revoke <id>'],
 };
+
+/** `keys <subcommand>`: its arguments after the subcommand. */
+const KEYS_ARITY: Record<string, [min: number, max: number, names: string]> = {
+  create: [0, 0, ''],
+  list: [0, 0, ''],
+  revoke: [1, 1, '<id>'],
+};
+
+/** Options only `keys create` takes. */
+const KEY_OPTIONS = ['tenant', 'name', 'rpm', 'tpm', 'weight', 'max-priority'] as const;
+type KeyOptions = Partial<Record<(typeof KEY_OPTIONS)[number], string>>;
 
 function parse(argv: string[], env: NodeJS.ProcessEnv): Parsed {
   const { values, positionals } = parseArgs({
@@ -113,6 +139,12 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Parsed {
       ca: { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
+      tenant: { type: 'string' },
+      name: { type: 'string' },
+      rpm: { type: 'string' },
+      tpm: { type: 'string' },
+      weight: { type: 'string' },
+      'max-priority': { type: 'string' },
     },
   });
   const help = values.help ?? false;
@@ -127,6 +159,7 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Parsed {
     ca: values.ca ?? (env.LLMUX_ADMIN_CA || null),
     json: values.json ?? false,
     help,
+    newKey: null,
   };
   if (help) return parsed;
   if (!command) throw new UsageError('no command given');
@@ -144,7 +177,60 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Parsed {
   if (command === 'scale' && args[1] !== undefined && !/^\d+$/.test(args[1])) {
     throw new UsageError(`replicas must be a whole number >= 0 (got "${args[1]}")`);
   }
+  const isCreate = command === 'keys' && args[0] === 'create';
+  const stray = KEY_OPTIONS.find((o) => values[o] !== undefined);
+  if (stray && !isCreate) throw new UsageError(`--${stray} is an option of keys create only`);
+  if (command === 'keys') checkKeysArity(args);
+  if (isCreate) parsed.newKey = parseNewKey(values);
   return parsed;
+}
+
+function checkKeysArity(args: string[]): void {
+  const [sub = '', ...rest] = args;
+  const arity = KEYS_ARITY[sub];
+  if (!arity) throw new UsageError(`unknown keys command "${sub}" (create, list or revoke)`);
+  const [min, max, names] = arity;
+  if (rest.length < min || rest.length > max) {
+    throw new UsageError(
+      `keys ${sub} takes ${names ? names : 'no arguments'}${rest.length > max ? ` (got ${rest.join(' ')})` : ''}`,
+    );
+  }
+}
+
+/** The options of `keys create`, checked here so a typo is a usage error before any call. */
+function parseNewKey(v: KeyOptions): NewApiKey {
+  if (v.tenant === undefined) throw new UsageError('keys create needs --tenant <tenant>');
+  if (!TENANT_NAME.test(v.tenant)) {
+    throw new UsageError(`--tenant must be 1-64 characters of A-Z a-z 0-9 _ . - (got "${v.tenant}")`);
+  }
+  const perMinute = (opt: 'rpm' | 'tpm'): number | null => {
+    const raw = v[opt];
+    if (raw === undefined) return null;
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < 1) {
+      throw new UsageError(`--${opt} must be a whole number >= 1 (got "${raw}")`);
+    }
+    return n;
+  };
+  let weight: number | undefined;
+  if (v.weight !== undefined) {
+    weight = Number(v.weight);
+    if (!/^(\d+\.?\d*|\.\d+)$/.test(v.weight) || !(weight > 0) || !Number.isFinite(weight)) {
+      throw new UsageError(`--weight must be a number > 0 (got "${v.weight}")`);
+    }
+  }
+  const priority = v['max-priority'];
+  if (priority !== undefined && !(PRIORITIES as readonly string[]).includes(priority)) {
+    throw new UsageError(`--max-priority must be one of ${PRIORITIES.join(', ')} (got "${priority}")`);
+  }
+  return {
+    tenant: v.tenant,
+    name: v.name,
+    rpm: perMinute('rpm'),
+    tpm: perMinute('tpm'),
+    weight,
+    maxPriority: priority as Priority | undefined,
+  };
 }
 
 async function clientOptions(p: Parsed): Promise<AdminClientOptions> {
@@ -224,7 +310,51 @@ async function execute(p: Parsed, client: AdminClient, io: CliIo): Promise<void>
     }
     case 'watch':
       return watch(p, client, io);
+    case 'keys':
+      return keys(p, client, io);
   }
+}
+
+async function keys(p: Parsed, client: AdminClient, io: CliIo): Promise<void> {
+  const out = (human: string, json: unknown) => io.stdout(`${p.json ? JSON.stringify(json, null, 2) : human}\n`);
+  const [sub, id] = p.args;
+  if (sub === 'list') {
+    const ks = await client.listApiKeys();
+    return out(keysTable(ks), ks);
+  }
+  if (sub === 'revoke') {
+    await client.revokeApiKey(id!);
+    return out(`revoked API key ${id}`, { ok: true, action: 'revoke', id });
+  }
+  const created = await client.createApiKey(p.newKey!);
+  const warning =
+    'Store the key now: it is shown only this once and cannot be recovered. If it is lost, revoke it and create another.';
+  // With --json, stdout stays one JSON document; the warning still reaches the person at the terminal.
+  if (p.json) io.stderr(`llmctl: ${warning}\n`);
+  return out(`created API key ${created.id} (${describeKey(created.record)})\nkey: ${created.key}\n${warning}`, created);
+}
+
+const unlimited = (n: number | null) => (n === null ? 'unlimited' : String(n));
+
+function describeKey(r: ApiKeyRecord): string {
+  const name = r.name ? `, name "${r.name}"` : '';
+  return `tenant ${r.tenant}${name}, rpm ${unlimited(r.rpm)}, tpm ${unlimited(r.tpm)}, weight ${r.weight}, max priority ${r.maxPriority}`;
+}
+
+export function keysTable(ks: ApiKeyRecord[]): string {
+  return formatTable(
+    ['ID', 'TENANT', 'NAME', 'RPM', 'TPM', 'WEIGHT', 'MAX PRIORITY', 'CREATED'],
+    ks.map((k) => [
+      k.id,
+      k.tenant,
+      k.name,
+      unlimited(k.rpm),
+      unlimited(k.tpm),
+      k.weight,
+      k.maxPriority,
+      new Date(k.createdAt).toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    ]),
+  );
 }
 
 async function watch(p: Parsed, client: AdminClient, io: CliIo): Promise<void> {
