@@ -81,6 +81,8 @@ describe('autoscaler decisions', function () {
       60_000,
     );
   const drainAll = async () => {
+    // As a worker claims: staged requests are dispatched into the stream first.
+    await queue.dispatch('sim', 1000);
     const entries = await queue.claimNow('sim', 'w', 1000);
     for (const [id] of entries) await queue.ack('sim', id);
   };

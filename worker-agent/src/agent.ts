@@ -59,6 +59,8 @@ interface Slot {
   blockingId: number | null;
   /** True while the claim loop waits in XREADGROUP BLOCK. */
   blocked: boolean;
+  /** Load messages received from peers; a change tells a claim that a peer may have claimed meanwhile (see `nudge`). */
+  peerEvents: number;
   /** Resolved when a request finishes or a peer's load changes, to wake the claim loop. */
   wake: Deferred<void> | null;
   loop: Promise<void> | null;
@@ -206,6 +208,7 @@ export class WorkerAgent extends EventEmitter {
       blocking,
       blockingId: null,
       blocked: false,
+      peerEvents: 0,
       wake: null,
       loop: null,
       view: new LoadView(this.id, c.heartbeatTtlMs),
@@ -361,9 +364,12 @@ export class WorkerAgent extends EventEmitter {
     const m = decodeLoad(message);
     if (!m || m.worker === this.id) return;
     slot.view.update(m.worker, m.score);
+    slot.peerEvents++;
     // A peer became less loaded than us while we wait for work: step aside.
     if (slot.blocked && slot.blockingId !== null && !slot.view.isLeast(this.score(slot))) {
       this.redis.client('UNBLOCK', slot.blockingId).catch(() => {});
+    } else if (slot.blocked) {
+      this.nudge(slot);
     }
     this.wakeLoop(slot);
   }
@@ -374,6 +380,12 @@ export class WorkerAgent extends EventEmitter {
     wake?.resolve();
   }
 
+  /**
+   * Claims while the engine has room. Every claim is preceded by a dispatch
+   * that moves staged requests into the stream in fair order (see
+   * `claimFair`), and peers learn of every claim through the load channel
+   * (see `nudge`).
+   */
   private async claimLoop(slot: Slot): Promise<void> {
     const c = this.opts.config;
     let failures = 0;
@@ -396,10 +408,10 @@ export class WorkerAgent extends EventEmitter {
       let entries: StreamEntries;
       try {
         if (c.claimPolicy === 'fifo') {
-          entries = await this.blockingClaim(slot, free);
+          entries = await this.claimFair(slot, free, true);
         } else if (slot.view.isLeast(this.score(slot))) {
           // One at a time, so the next request goes to whoever is least loaded then.
-          entries = await this.blockingClaim(slot, 1);
+          entries = await this.claimFair(slot, 1, true);
         } else {
           // Others are less loaded and wait for new work; take only what nobody took.
           slot.wake = deferred();
@@ -407,7 +419,7 @@ export class WorkerAgent extends EventEmitter {
           await slot.wake.promise;
           clearTimeout(t);
           if (this.state !== 'ready') break;
-          entries = await this.queue.claimNow(slot.model, this.id, 1);
+          entries = await this.claimFair(slot, 1, false);
         }
         failures = 0;
       } catch (err) {
@@ -416,17 +428,48 @@ export class WorkerAgent extends EventEmitter {
         await delay(backoffMs(failures++, 100, 2000));
         continue;
       }
+      const scoreBefore = slot.lastScore;
       for (const [entryId, fields] of entries) this.startRun(slot, entryId, fields, false);
+      // Peers waiting on the stream hear of every claim (see nudge), even one that left our score as it was.
+      if (entries.length > 0 && slot.lastScore === scoreBefore) this.publishLoad(slot, true);
     }
   }
 
-  private async blockingClaim(slot: Slot, count: number): Promise<StreamEntries> {
+  /**
+   * Dispatches staged requests until `count` entries wait in the stream (in
+   * fair order; handed-back entries already there count, so they go first),
+   * then claims up to `count`, blocking on the claim connection or not. The
+   * dispatch tops up rather than adds, so the stream's FIFO part stays short
+   * and a later request of a higher priority or a less served tenant can still
+   * go first.
+   */
+  private async claimFair(slot: Slot, count: number, block: boolean): Promise<StreamEntries> {
+    const seen = slot.peerEvents;
+    await this.queue.dispatch(slot.model, count);
+    if (!block) return this.queue.claimNow(slot.model, this.id, count);
     slot.blocked = true;
     try {
+      // A peer claimed while our dispatch was under way: the entry we saw waiting may be gone.
+      if (slot.peerEvents !== seen) this.nudge(slot);
       return await this.queue.claim(slot.blocking, slot.model, this.id, count, CLAIM_BLOCK_MS);
     } finally {
       slot.blocked = false;
     }
+  }
+
+  /**
+   * Runs one dispatch for a claim loop that waits in XREADGROUP, when a peer
+   * claimed. The race it closes: our dispatch saw an entry waiting and moved
+   * nothing, then a peer took that entry before our blocking read arrived, so
+   * we would wait out the whole block while requests are staged. Every claim
+   * is announced on the load channel after Redis ran it; the dispatch this
+   * triggers moves one staged request (if the stream is empty), which Redis
+   * hands to the blocked read at once. The claimer does not refill the stream
+   * itself: that would keep one request committed ahead of everything staged
+   * whenever the fleet is busy, and nobody waits then.
+   */
+  private nudge(slot: Slot): void {
+    this.queue.dispatch(slot.model, 1).catch((err: unknown) => this.logger.debug({ err, model: slot.model }, 'dispatch failed'));
   }
 
   private startRun(slot: Slot, entryId: string, fields: string[], takeover: boolean): void {

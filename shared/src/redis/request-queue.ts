@@ -1,13 +1,32 @@
 import type { Redis } from 'ioredis';
-import { encodeJob, type Job } from '../protocol/job.js';
+import { encodeJob, PRIORITIES, TENANT_NAME, type Job } from '../protocol/job.js';
 import type { StreamEntries, XReadReply } from './connection.js';
 import { Keys, WORKER_GROUP } from './keys.js';
 import { scripts } from './scripts.js';
 
+/** Priorities from the highest, the order dispatch serves them in. */
+const DISPATCH_ORDER = [...PRIORITIES].reverse();
+
+/** What a dispatch did: jobs moved into the stream, and jobs still staged after it. */
+export interface DispatchResult {
+  moved: number;
+  staged: number;
+}
+
 /**
  * A model's queue: one Redis stream with one consumer group that every worker
- * agent joins. The gateway enqueues; a worker claims as many entries as it has
- * free slots and acks (and deletes) each when it has finished.
+ * agent joins, fed fairly from per-tenant staging lists. The gateway
+ * enqueues; a worker dispatches staged requests into the stream, claims as
+ * many entries as it has free slots and acks (and deletes) each when it has
+ * finished.
+ *
+ * Staging exists because a stream is FIFO: once a flood of one tenant's
+ * requests sits in it, every later request waits behind all of them. So the
+ * stream holds only a short head of work that is committed to run next, and
+ * the rest waits in one list per tenant and priority, from which workers
+ * take in fair order (strict between priorities, weighted fair sharing
+ * between tenants within one). When nothing waits at all, a request goes
+ * straight to the stream, so an idle worker wakes with it at once.
  */
 export class RequestQueue {
   private readonly groups = new Set<string>();
@@ -31,11 +50,57 @@ export class RequestQueue {
     this.groups.add(model);
   }
 
-  /** Appends a job to its model's stream; returns the entry id. */
-  async enqueue(job: Job): Promise<string> {
+  /**
+   * Queues a job for its tenant with the tenant's `weight` (its share of the
+   * model relative to other backlogged tenants of the same priority). Returns
+   * the stream entry id when the job went straight to the stream (nothing was
+   * waiting), or null when it was staged for fair dispatch.
+   */
+  async enqueue(job: Job, weight = 1): Promise<string | null> {
+    if (!(weight > 0) || !Number.isFinite(weight)) throw new RangeError(`weight must be a positive number, got ${weight}`);
+    // The tenant is part of a key name, and the priority picks keys: never trust them blindly.
+    if (!TENANT_NAME.test(job.tenant)) throw new RangeError(`invalid tenant name ${JSON.stringify(job.tenant)}`);
+    if (!PRIORITIES.includes(job.priority)) throw new RangeError(`invalid priority ${JSON.stringify(job.priority)}`);
     if (!this.groups.has(job.model)) await this.ensureGroup(job.model);
-    const id = await this.redis.xadd(this.keys.requests(job.model), '*', ...encodeJob(job));
-    return id!;
+    const m = job.model;
+    const r = await scripts.enqueue.run(
+      this.redis,
+      [
+        this.keys.requests(m),
+        this.keys.fairState(m),
+        this.keys.fairIndex(m, job.priority),
+        this.keys.tenantQueue(m, job.priority, job.tenant),
+      ],
+      [WORKER_GROUP, job.tenant, job.priority, weight, ...encodeJob(job)],
+    );
+    return r ? String(r) : null;
+  }
+
+  /**
+   * Moves staged jobs into the stream in fair order until `target` entries of
+   * the stream wait for a worker (or nothing is staged). A worker calls it
+   * before each claim, with the claim's count as target, and with target 1
+   * while it waits in XREADGROUP and a peer claims (the agent's `nudge`), so
+   * no worker waits on an empty stream while requests are staged.
+   */
+  async dispatch(model: string, target: number): Promise<DispatchResult> {
+    const r = (await scripts.dispatch.run(
+      this.redis,
+      [this.keys.requests(model), this.keys.fairState(model), ...DISPATCH_ORDER.map((p) => this.keys.fairIndex(model, p))],
+      [
+        WORKER_GROUP,
+        Math.max(1, Math.floor(target)),
+        ...DISPATCH_ORDER,
+        // Key of each priority's tenant lists without the tenant; the script appends it.
+        ...DISPATCH_ORDER.map((p) => this.keys.tenantQueue(model, p, '')),
+      ],
+    )) as [number, number];
+    return { moved: Number(r[0]), staged: Number(r[1]) };
+  }
+
+  /** Requests staged for fair dispatch (not yet in the stream), all priorities. */
+  async staged(model: string): Promise<number> {
+    return Number((await this.redis.hget(this.keys.fairState(model), 'staged')) ?? 0);
   }
 
   /**
@@ -174,26 +239,41 @@ export class RequestQueue {
     await Promise.all([this.redis.xack(key, WORKER_GROUP, entryId), this.redis.xdel(key, entryId)]);
   }
 
-  /** Entries waiting for a worker plus entries claimed but not yet acked. */
   /**
-   * Entries waiting for a worker, entries claimed and not finished, and the
-   * group's `entries-read` counter (its growth is the drain rate).
+   * Requests waiting for a worker (staged ones and those in the stream no
+   * worker took yet), entries claimed and not finished, and the group's
+   * `entries-read` counter (its growth is the drain rate: staged requests are
+   * delivered through the stream too).
    */
   async depth(model: string): Promise<{ waiting: number; pending: number; entriesRead: number }> {
+    const [stream, staged] = await Promise.all([this.streamDepth(model), this.staged(model)]);
+    return { ...stream, waiting: stream.waiting + staged };
+  }
+
+  /**
+   * The stream's part of `depth`. Waiting entries are the group's `lag` when
+   * Redis can tell it (it cannot once entries ahead of the group's position
+   * were deleted); otherwise the stream's length minus the entries claimed
+   * and not acked (entries are deleted when done).
+   */
+  private async streamDepth(model: string): Promise<{ waiting: number; pending: number; entriesRead: number }> {
     const key = this.keys.requests(model);
     try {
-      const groups = (await this.redis.xinfo('GROUPS', key)) as unknown[][];
+      const [groups, len] = await Promise.all([this.redis.xinfo('GROUPS', key) as Promise<unknown[][]>, this.redis.xlen(key)]);
       for (const g of groups) {
         const info: Record<string, unknown> = {};
         for (let i = 0; i + 1 < g.length; i += 2) info[String(g[i])] = g[i + 1];
         if (info.name === WORKER_GROUP) {
+          const pending = Number(info.pending ?? 0);
+          const lag = info.lag === null || info.lag === undefined ? NaN : Number(info.lag);
           return {
-            waiting: Number(info.lag ?? 0),
-            pending: Number(info.pending ?? 0),
+            waiting: Number.isFinite(lag) ? lag : Math.max(0, len - pending),
+            pending,
             entriesRead: Number(info['entries-read'] ?? 0),
           };
         }
       }
+      return { waiting: len, pending: 0, entriesRead: 0 };
     } catch (err) {
       if (!(err instanceof Error) || !err.message.includes('no such key')) throw err;
     }

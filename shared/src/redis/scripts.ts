@@ -36,6 +36,8 @@ export const scripts = {
   begin: new Script('begin-2'),
   emit: new Script('emit-3'),
   handback: new Script('handback-1'),
+  enqueue: new Script('enqueue-4'),
+  dispatch: new Script('dispatch-5'),
   deleteConsumerIfIdle: new Script('delete-consumer-if-idle-1'),
   leaseRenew: new Script('lease-renew-1'),
   leaseRelease: new Script('lease-release-1'),
