@@ -55,7 +55,17 @@ describe('RequestStream and Flusher', () => {
   let flusher: Flusher;
   let writer: RecordingWriter;
   const open = (rid = 'r1', maxBatchTokens = 32, w = writer, onFenced?: () => void) =>
-    new RequestStream({ rid, gatewayId: 'gw-1', token: 'tok', ttlMs: 60_000, writer: w, flusher, maxBatchTokens, onFenced });
+    new RequestStream({
+      rid,
+      gatewayId: 'gw-1',
+      token: 'tok',
+      ttlMs: 60_000,
+      retainMs: 60_000,
+      writer: w,
+      flusher,
+      maxBatchTokens,
+      onFenced,
+    });
 
   beforeEach(() => {
     flusher = new Flusher(3_600_000);

@@ -81,6 +81,8 @@ interface Active {
 
 /** How long one XREADGROUP blocks; bounds how long stopping a loop may take. */
 const CLAIM_BLOCK_MS = 2000;
+const CANCELLED_MESSAGE = 'The request was cancelled: its client went away.';
+
 /** A worker that is not the least loaded looks for unclaimed work this often. */
 const NOT_LEAST_POLL_MS = 25;
 /** How often a worker whose engine cannot take work checks again. */
@@ -540,9 +542,10 @@ export class WorkerAgent extends EventEmitter {
       await this.finish(slot, entryId, 'ack');
       return;
     }
-    const log = this.logger.child({ rid: job.rid, model });
+    const log = this.logger.child({ rid: job.rid, model, tenant: job.tenant, priority: job.priority });
     const token = `${this.id}:${randomBytes(6).toString('base64url')}`;
-    const ttlMs = Math.max(0, job.deadline - Date.now()) + c.outputRetentionMs;
+    const retainMs = job.retainMs || c.outputRetentionMs;
+    const ttlMs = Math.max(0, job.deadline - Date.now()) + retainMs;
     const ctl = new AbortController();
     const active: Active = { ctl, job, tokens: 0 };
     const stream = new RequestStream({
@@ -550,6 +553,7 @@ export class WorkerAgent extends EventEmitter {
       gatewayId: job.gw,
       token,
       ttlMs,
+      retainMs,
       writer: this.log,
       flusher: this.flusher,
       maxBatchTokens: c.maxBatchTokens,
@@ -559,11 +563,13 @@ export class WorkerAgent extends EventEmitter {
     let deadlineTimer: NodeJS.Timeout | null = null;
     this.active.set(job.rid, active);
     try {
-      if (await this.cancellation.isCancelled(model, job.rid)) {
+      const cancelled = await this.cancellation.isCancelled(model, job.rid);
+      const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
+      if (cancelled && begun.status !== 'done') {
         log.info('request cancelled before start');
+        await stream.fail(499, 'cancelled', CANCELLED_MESSAGE);
         return;
       }
-      const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
       if (begun.status === 'done') {
         log.info('request had already ended; entry acked');
         return;
@@ -614,7 +620,8 @@ export class WorkerAgent extends EventEmitter {
         outcome = 'leave';
         log.warn('request fenced: another worker took it over');
       } else if (err instanceof AbortError && reason === 'cancelled') {
-        stream.discard();
+        // The terminal event ends the request's log, for anyone replaying it later.
+        await stream.fail(499, 'cancelled', CANCELLED_MESSAGE).catch(() => {});
         log.info({ tokens: active.tokens }, 'request cancelled');
       } else if (err instanceof AbortError && reason === 'deadline') {
         await stream.fail(504, 'deadline_exceeded', 'The request ran past its deadline.').catch(() => {});

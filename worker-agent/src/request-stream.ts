@@ -11,8 +11,10 @@ export interface RequestStreamOptions {
   gatewayId: string;
   /** This attempt's owner token. */
   token: string;
-  /** TTL of the request's state and output in Redis. */
+  /** TTL of the request's state and output log in Redis while it runs. */
   ttlMs: number;
+  /** Their TTL from the terminal event on (how long a finished request can be replayed). */
+  retainMs: number;
   writer: EventWriter;
   flusher: Flusher;
   maxBatchTokens: number;
@@ -96,7 +98,8 @@ export class RequestStream {
   }
 
   private send(ev: ReplyEvent): void {
-    const p = this.o.writer.emit(this.o.gatewayId, this.o.token, this.o.ttlMs, ev).then((seq) => {
+    const ttl = ev.type === 'tokens' ? this.o.ttlMs : this.o.retainMs;
+    const p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev).then((seq) => {
       if (seq === FENCED && !this.fenced) {
         this.fenced = true;
         this.ended = true;

@@ -49,6 +49,8 @@ const gatewayEnv = z.object({
   AUTH: z.enum(['off', 'required']).default('off'),
   /** How long an Idempotency-Key (and the output of its request) is kept. Default 3600000 ms (1 hour). */
   IDEMPOTENCY_TTL_MS: int(3_600_000, 1000),
+  /** How long a finished request's events are kept for a client to replay or resume (Last-Event-ID). Default 600000 ms. */
+  OUTPUT_RETENTION_MS: int(600_000, 1000),
   /** A request sent with an Idempotency-Key keeps running this long after its client went away, so a retry can attach. Default 30000 ms. */
   RESUME_GRACE_MS: int(30_000, 0),
 });
@@ -168,6 +170,7 @@ export interface GatewayConfig extends CommonConfig {
   auth: 'off' | 'required';
   idempotencyTtlMs: number;
   resumeGraceMs: number;
+  outputRetentionMs: number;
 }
 
 export interface WorkerConfig extends CommonConfig {
@@ -226,6 +229,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     auth: e.AUTH,
     idempotencyTtlMs: e.IDEMPOTENCY_TTL_MS,
     resumeGraceMs: e.RESUME_GRACE_MS,
+    outputRetentionMs: e.OUTPUT_RETENTION_MS,
   };
 }
 

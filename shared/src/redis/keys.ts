@@ -10,8 +10,8 @@
  * | `<p>:gw:{id}:events` | stream, TTL | workers (created by its gateway) | token events for one gateway |
  * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
  * | `<p>:gw:{id}:req:<rid>` | hash, TTL | workers | owner, next seq, tokens delivered, attempts, done |
- * | `<p>:gw:{id}:out:<rid>` | string, TTL | workers | text delivered so far (for continuation) |
  * | `<p>:gw:{id}:log:<rid>` | stream, TTL | workers | the request's events, entry id `<seq+1>-0` (resume, replay) |
+ * | `<p>:rid:<rid>` | string (JSON), TTL | gateway | where a resumable request lives (gateway id) and how to render it |
  * | `<p>:gw:{id}:follow:<rid>` | string, TTL | gateways | someone follows the request: its disconnect grace is extended |
  * | `<p>:{model}:q:<priority>:<tenant>` | list | gateway | requests of one tenant waiting for fair dispatch |
  * | `<p>:{model}:fair:<priority>` | sorted set | gateway, workers | backlogged tenants by virtual time (weighted fair queueing) |
@@ -50,14 +50,14 @@ export class Keys {
     return `${this.prefix}:gw:{${gatewayId}}:req:${rid}`;
   }
 
-  /** The text a request has delivered so far. */
-  requestOutput(gatewayId: string, rid: string): string {
-    return `${this.prefix}:gw:{${gatewayId}}:out:${rid}`;
-  }
-
   /** A request's events as written, one entry per event with id `<seq+1>-0`. */
   requestLog(gatewayId: string, rid: string): string {
     return `${this.prefix}:gw:{${gatewayId}}:log:${rid}`;
+  }
+
+  /** Where a streamed or idempotent request lives and how to render it again (resume, replay). */
+  requestMeta(rid: string): string {
+    return `${this.prefix}:rid:${rid}`;
   }
 
   /** Present while some client follows (resumes or attached to) the request. */

@@ -14,6 +14,8 @@ export interface ReplyReaderOptions {
   onError(err: unknown): void;
   /** Called for an entry that is not a valid event. */
   onMalformed?(id: string): void;
+  /** Read entries after this id. Default `0-0` (everything). */
+  after?: string;
 }
 
 /**
@@ -22,7 +24,7 @@ export interface ReplyReaderOptions {
  * request of the gateway, so connections do not grow with client streams.
  */
 export class ReplyReader {
-  private lastId = '0-0';
+  private lastId: string;
   private running = false;
   private loop: Promise<void> | null = null;
 
@@ -30,7 +32,9 @@ export class ReplyReader {
     private readonly blocking: Redis,
     private readonly key: string,
     private readonly opts: ReplyReaderOptions,
-  ) {}
+  ) {
+    this.lastId = opts.after ?? '0-0';
+  }
 
   start(): void {
     if (this.running) return;
@@ -57,6 +61,7 @@ export class ReplyReader {
       const entries = reply?.[0]?.[1];
       if (!entries) continue;
       for (const [id, fields] of entries) {
+        if (!this.running) break;
         this.lastId = id;
         const ev = decodeEvent(fields);
         if (ev) this.opts.onEvent(ev);

@@ -29,7 +29,7 @@ export class RequestLog {
   async begin(gw: string, rid: string, token: string, maxAttempts: number, ttlMs: number): Promise<BeginResult> {
     const r = (await scripts.begin.run(
       this.redis,
-      [this.keys.requestState(gw, rid), this.keys.requestOutput(gw, rid)],
+      [this.keys.requestState(gw, rid), this.keys.requestLog(gw, rid)],
       [token, maxAttempts, Math.max(1, Math.round(ttlMs))],
     )) as [string, number, number, string, number];
     if (r[0] === 'done') return { status: 'done' };
@@ -48,7 +48,7 @@ export class RequestLog {
     const n = ev.type === 'tokens' ? ev.n : 0;
     const r = await scripts.emit.run(
       this.redis,
-      [this.keys.requestState(gw, ev.rid), this.keys.requestOutput(gw, ev.rid), this.keys.replies(gw)],
+      [this.keys.requestState(gw, ev.rid), this.keys.requestLog(gw, ev.rid), this.keys.replies(gw)],
       [token, Math.max(1, Math.round(ttlMs)), this.replyMaxLen, ev.type, text, n, ev.rid, ...rest],
     );
     return Number(r);
