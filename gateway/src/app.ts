@@ -1,5 +1,12 @@
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';
-import { ApiError, InvalidRequestError, NotFoundError, PayloadTooLargeError, ServiceUnavailableError } from '@llmux/shared';
+import {
+  ApiError,
+  InvalidRequestError,
+  NotFoundError,
+  PayloadTooLargeError,
+  RateLimitError,
+  ServiceUnavailableError,
+} from '@llmux/shared';
 import { OverloadedError, retryAfterOf } from './admission/errors.js';
 import type { GatewayContext } from './context.js';
 import { sendError } from './relay/sinks.js';
@@ -70,8 +77,14 @@ export function createApp(ctx: GatewayContext): express.Express {
     const out =
       api ?? new ApiError(500, 'The server had an error while processing your request.', 'server_error', 'internal_error');
     const headers: Record<string, string> = {};
-    const retryAfter = retryAfterOf(out) ?? (out.status === 503 || out.status === 429 ? 1 : undefined);
+    // A request too large for its key's limit cannot pass by waiting: no Retry-After for it.
+    const never = out instanceof RateLimitError && out.retryAfterMs === undefined;
+    const retryAfter = retryAfterOf(out) ?? ((out.status === 503 || out.status === 429) && !never ? 1 : undefined);
     if (retryAfter !== undefined) headers['retry-after'] = String(retryAfter);
+    if (out.status === 401) headers['www-authenticate'] = 'Bearer';
+    // The OpenAI SDKs prefer the exact wait.
+    if (out instanceof RateLimitError && out.retryAfterMs !== undefined)
+      headers['retry-after-ms'] = String(Math.ceil(out.retryAfterMs));
     sendError(res, out, headers);
   };
   app.use(onError);

@@ -1,8 +1,11 @@
 import type { GatewayConfig, Logger, Redis, WorkerRegistry } from '@llmux/shared';
 import type { QueueMonitor } from './admission/queue-monitor.js';
 import type { RedisCircuit } from './admission/redis-circuit.js';
+import type { TenantGate } from './admission/tenant.js';
 import type { ModelCatalog } from './catalog.js';
 import type { Dispatcher } from './relay/dispatcher.js';
+import type { RequestFollowers } from './relay/follower.js';
+import type { IdempotencyStore } from './relay/idempotency.js';
 
 /** What route handlers share: built once by the Gateway. */
 export interface GatewayContext {
@@ -16,4 +19,9 @@ export interface GatewayContext {
   circuit: RedisCircuit;
   /** Per-model queue depth and drain rate, for 429s. */
   queues: QueueMonitor;
+  /** Serves requests from their output logs (idempotent repeats, resumes). */
+  followers: RequestFollowers;
+  idempotency: IdempotencyStore;
+  /** API keys and per-key limits (AUTH=required), or the one anonymous tenant. */
+  tenants: TenantGate;
 }

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
+  ApiKeys,
   Cancellation,
   createBlockingRedis,
   createRedis,
@@ -20,6 +21,9 @@ import { createApp } from './app.js';
 import { ModelCatalog } from './catalog.js';
 import type { GatewayContext } from './context.js';
 import { Dispatcher } from './relay/dispatcher.js';
+import { RequestFollowers } from './relay/follower.js';
+import { TenantGate } from './admission/tenant.js';
+import { IdempotencyStore } from './relay/idempotency.js';
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -77,6 +81,11 @@ export class Gateway {
       workers: new WorkerRegistry(this.redis, this.keys),
       circuit: new RedisCircuit(this.redis, this.log),
       queues: new QueueMonitor(redisQueueSampler(this.redis, this.keys), { log: this.log }),
+      followers: new RequestFollowers(this.redis, this.keys, c.redisUrl, this.log),
+      idempotency: new IdempotencyStore(this.redis, this.keys, c.idempotencyTtlMs),
+      tenants: new TenantGate(c.auth === 'required' ? new ApiKeys(this.redis, this.keys) : null, (err) =>
+        this.log.warn({ err }, 'could not settle a token reservation'),
+      ),
     };
     this.server = createServer({ keepAliveTimeout: 65_000 }, createApp(this.ctx));
   }

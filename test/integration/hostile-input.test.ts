@@ -703,6 +703,30 @@ const headerGens: Record<string, Gen> = {
         'X-Request-Timeout huge digits',
         request('POST', '/v1/chat/completions', text, { headers: [['X-Request-Timeout', '9'.repeat(400)]] }),
       ],
+      [
+        'Idempotency-Key too long',
+        request('POST', '/v1/chat/completions', text, { headers: [['Idempotency-Key', 'k'.repeat(r.between(256, 8000))]] }),
+      ],
+      ['Idempotency-Key latin-1', request('POST', '/v1/chat/completions', text, { headers: [['Idempotency-Key', 'cl\u00e9']] })],
+      [
+        'Idempotency-Key twice',
+        request('POST', '/v1/chat/completions', text, {
+          headers: [
+            ['Idempotency-Key', 'a'],
+            ['Idempotency-Key', 'b'],
+          ],
+        }),
+      ],
+      [
+        'Last-Event-ID garbage',
+        request('POST', '/v1/chat/completions', text, {
+          headers: [['Last-Event-ID', r.pick(['abc', '-1', '1.2.3', '9'.repeat(40)])]],
+        }),
+      ],
+      [
+        'X-Priority unknown',
+        request('POST', '/v1/chat/completions', text, { headers: [['X-Priority', r.pick(['urgent', '1', '', 'HIGHEST'])]] }),
+      ],
     ] as [string, Buffer][]);
     return { note, bytes };
   },

@@ -198,18 +198,21 @@ const num = (v: unknown): number | null => (v === null || v === undefined || v =
 export function redisQueueSampler(redis: Redis, keys: Keys): SampleFn {
   return async (model) => {
     const key = keys.requests(model);
-    const [groups, len] = await Promise.all([
+    const [groups, len, stagedRaw] = await Promise.all([
       (redis.xinfo('GROUPS', key) as Promise<unknown[][]>).catch((err: unknown) => {
         if (err instanceof Error && err.message.includes('no such key')) return [] as unknown[][];
         throw err;
       }),
       redis.xlen(key),
+      // Requests staged for fair dispatch wait too, though they are not in the stream yet.
+      redis.hget(keys.fairState(model), 'staged'),
     ]);
+    const staged = Math.max(0, Number(stagedRaw ?? 0) || 0);
     const g = groups.map(groupInfo).find((i) => String(i.name) === WORKER_GROUP);
-    if (!g) return { waiting: len, entriesRead: null };
+    if (!g) return { waiting: len + staged, entriesRead: null };
     const lag = num(g.lag);
     const pending = num(g.pending) ?? 0;
-    const waiting = lag !== null && Number.isFinite(lag) ? lag : Math.max(0, len - pending);
+    const waiting = (lag !== null && Number.isFinite(lag) ? lag : Math.max(0, len - pending)) + staged;
     // A group that never delivered anything has read nothing, though Redis reports null then.
     const read = String(g['last-delivered-id']) === '0-0' ? 0 : num(g['entries-read']);
     return { waiting, entriesRead: read !== null && Number.isFinite(read) ? read : null };

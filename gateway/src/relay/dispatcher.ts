@@ -18,6 +18,14 @@ import type { Sink } from './sinks.js';
  */
 export const WORKER_DEADLINE_GRACE_MS = 1000;
 
+/** How a request ended, for whoever settles its token reservation. */
+export interface Ending {
+  /** Completion tokens delivered (the worker's count when it finished). */
+  completionTokens: number;
+  /** Known when the request finished normally. */
+  promptTokens: number | null;
+}
+
 interface Pending {
   rid: string;
   model: string;
@@ -26,7 +34,14 @@ interface Pending {
   nextSeq: number;
   timer: NodeJS.Timeout;
   timeoutMessage: string;
+  tokens: number;
+  onEnd?: (e: Ending) => void;
+  /** Set while the client is gone and the request waits out its resume grace. */
+  grace: NodeJS.Timeout | null;
 }
+
+/** Where a detached request's events go: nowhere (its output log keeps them). */
+const NULL_SINK: Sink = { open() {}, tokens() {}, done() {}, error() {} };
 
 export interface SubmitOptions {
   rid: string;
@@ -40,6 +55,10 @@ export interface SubmitOptions {
   priority?: Priority;
   /** Output log retention after the deadline, ms (0: the worker's default). */
   retainMs?: number;
+  /** Called once when the request ends, however it ends (not when the enqueue fails). */
+  onEnd?: (e: Ending) => void;
+  /** The tenant's fair-share weight. Default 1. */
+  weight?: number;
 }
 
 /**
@@ -86,9 +105,19 @@ export class Dispatcher {
     };
     const timer = setTimeout(() => this.expire(o.rid), o.timeoutMs);
     const timeoutMessage = o.timeoutMessage ?? 'The request did not finish within its time limit (REQUEST_TIMEOUT_MS).';
-    this.pending.set(o.rid, { rid: o.rid, model: o.model, sink: o.sink, nextSeq: 0, timer, timeoutMessage });
+    this.pending.set(o.rid, {
+      rid: o.rid,
+      model: o.model,
+      sink: o.sink,
+      nextSeq: 0,
+      timer,
+      timeoutMessage,
+      tokens: 0,
+      onEnd: o.onEnd,
+      grace: null,
+    });
     try {
-      await this.queue.enqueue(job);
+      await this.queue.enqueue(job, o.weight ?? 1);
     } catch (err) {
       clearTimeout(timer);
       this.pending.delete(o.rid);
@@ -108,15 +137,16 @@ export class Dispatcher {
     p.nextSeq = ev.seq + 1;
     switch (ev.type) {
       case 'tokens':
-        p.sink.tokens(ev.text, ev.n);
+        p.tokens += ev.n;
+        p.sink.tokens(ev.text, ev.n, ev.seq);
         return;
       case 'done':
-        this.settle(p);
+        this.settle(p, { completionTokens: ev.completionTokens, promptTokens: ev.promptTokens });
         p.sink.done(ev);
         return;
       case 'error':
         this.settle(p);
-        p.sink.error(ev.status, ev.code, ev.message);
+        p.sink.error(ev.status, ev.code, ev.message, ev.seq);
         return;
     }
   }
@@ -127,6 +157,27 @@ export class Dispatcher {
     if (!p) return false;
     this.settle(p);
     this.cancel(p);
+    return true;
+  }
+
+  /**
+   * The client went away from a request that may be resumed (it carries an
+   * Idempotency-Key): it goes on without a sink for `graceMs`, then for as long
+   * as `followed()` says a client follows it through its output log, and is
+   * cancelled after that. False if it had already ended.
+   */
+  detach(rid: string, graceMs: number, followed: () => Promise<boolean>): boolean {
+    const p = this.pending.get(rid);
+    if (!p) return false;
+    p.sink = NULL_SINK;
+    const check = async () => {
+      if (this.pending.get(rid) !== p) return;
+      const yes = await followed().catch(() => false);
+      if (this.pending.get(rid) !== p) return;
+      if (yes) p.grace = setTimeout(() => void check(), graceMs);
+      else if (this.abandon(rid)) this.log.info({ rid }, 'resume grace over with no client; request cancelled');
+    };
+    p.grace = setTimeout(() => void check(), graceMs);
     return true;
   }
 
@@ -147,9 +198,15 @@ export class Dispatcher {
     p.sink.error(504, 'deadline_exceeded', p.timeoutMessage);
   }
 
-  private settle(p: Pending): void {
+  private settle(p: Pending, ending?: Ending): void {
     clearTimeout(p.timer);
+    if (p.grace) clearTimeout(p.grace);
     this.pending.delete(p.rid);
+    try {
+      p.onEnd?.(ending ?? { completionTokens: p.tokens, promptTokens: null });
+    } catch (err) {
+      this.log.warn({ err, rid: p.rid }, 'request end hook failed');
+    }
   }
 
   private cancel(p: Pending): void {

@@ -8,11 +8,14 @@ import { ApiError, type OpenAIErrorType } from '@llmux/shared';
  * JSON.stringify runs only on the text itself.
  */
 export interface Sink {
-  /** Called once when the request is admitted (enqueued). */
+  /** Called once when the request is admitted (enqueued), or when a resumed stream starts. */
   open(): void;
-  tokens(text: string, n: number): void;
-  done(ev: DoneEvent): void;
-  error(status: number, code: string, message: string): void;
+  /** `seq` is the event's sequence number (SSE event id `seq + 1`). */
+  tokens(text: string, n: number, seq: number): void;
+  /** `fromPart` skips the first parts of the end (a client resuming inside it). */
+  done(ev: DoneEvent, fromPart?: number): void;
+  /** `seq` is absent for errors the gateway itself raises (time limit, shutdown). */
+  error(status: number, code: string, message: string, seq?: number): void;
 }
 
 export interface SinkContext {
@@ -27,6 +30,8 @@ export interface SinkContext {
   maxBufferedBytes: number;
   /** The client reads too slowly: cancel the request and drop the connection. */
   onOverflow(buffered: number): void;
+  /** A resumed stream: no opening chunk (the client has it). */
+  resumed?: boolean;
 }
 
 /**
@@ -73,6 +78,12 @@ const SSE_HEADERS = {
   'x-accel-buffering': 'no',
 };
 
+/**
+ * Server-sent events with an `id` on each: `0` for the opening chunk, `seq + 1`
+ * for the chunk of event `seq`, and `<seq + 1>.<k>` for the k-th extra part of
+ * the end (usage chunk, `[DONE]`). A client that reconnects with the last id it
+ * saw (`Last-Event-ID`) gets exactly the events after it.
+ */
 abstract class SseSink implements Sink {
   private opened = false;
   protected readonly prefix: string;
@@ -92,25 +103,29 @@ abstract class SseSink implements Sink {
     this.opened = true;
     this.c.res.writeHead(200, { ...SSE_HEADERS, 'x-request-id': this.c.id });
     this.c.res.socket?.setNoDelay(true);
-    const first = this.firstChunk();
-    this.c.res.write(first ?? ': ok\n\n');
+    const first = this.c.resumed ? null : this.firstChunk();
+    this.c.res.write(first ? 'id: 0\n' + first : ': ok\n\n');
   }
 
-  tokens(text: string): void {
-    if (text) writeBounded(this.c, this.prefix + JSON.stringify(text) + this.suffix);
+  tokens(text: string, _n: number, seq: number): void {
+    if (text) writeBounded(this.c, `id: ${seq + 1}\n${this.prefix}${JSON.stringify(text)}${this.suffix}`);
   }
 
-  done(ev: DoneEvent): void {
-    let out = this.finalChunk(ev.finish);
-    if (this.c.includeUsage) out += this.usageChunk(ev);
-    this.c.res.end(out + 'data: [DONE]\n\n');
+  done(ev: DoneEvent, fromPart = 0): void {
+    const parts = [this.finalChunk(ev.finish)];
+    if (this.c.includeUsage) parts.push(this.usageChunk(ev));
+    parts.push('data: [DONE]\n\n');
+    const id = ev.seq + 1;
+    let out = '';
+    for (let k = fromPart; k < parts.length; k++) out += `id: ${k === 0 ? id : `${id}.${k}`}\n${parts[k]}`;
+    this.c.res.end(out);
   }
 
-  error(status: number, code: string, message: string): void {
+  error(status: number, code: string, message: string, seq?: number): void {
     const err = new ApiError(status, message, errorType(status), code);
     // Ended before it was opened (a time limit shorter than the enqueue): a plain error response.
     if (!this.opened) sendError(this.c.res, err, { 'x-request-id': this.c.id });
-    else this.c.res.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
+    else this.c.res.end(`${seq === undefined ? '' : `id: ${seq + 1}\n`}data: ${JSON.stringify(err.toBody())}\n\n`);
   }
 }
 
