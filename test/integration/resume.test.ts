@@ -148,9 +148,16 @@ describe('idempotent requests and resumable streams (real Redis, real processes)
     expect(whole.events.map((e) => e.data)).to.deep.equal(done.events.map((e) => e.data));
     const mid = await readEvents(`${chatUrl()}/${rid}`, { headers: { 'last-event-id': done.events[3]!.id! } });
     expect(mid.events.map((e) => e.data)).to.deep.equal(done.events.slice(4).map((e) => e.data));
+    const finalId = done.events.at(-3)!.id!;
+    const fromFinal = await readEvents(`${chatUrl()}/${rid}`, { headers: { 'last-event-id': finalId } });
+    expect(fromFinal.events.map((e) => e.id)).to.deep.equal([`${finalId}.1`, `${finalId}.2`]);
     const usageId = done.events.at(-2)!.id!;
     const tail = await readEvents(`${chatUrl()}/${rid}?after=${usageId}`, { method: 'GET' });
     expect(tail.events.map((e) => e.data)).to.deep.equal(['[DONE]']);
+    // After the very last event there is nothing left: the response ends at once.
+    const none = await readEvents(`${chatUrl()}/${rid}`, { headers: { 'last-event-id': done.events.at(-1)!.id! } });
+    expect(none.status).to.equal(200);
+    expect(none.events).to.deep.equal([]);
     // Without a stream, the same request comes back as one chat.completion.
     const res = await fetch(`${chatUrl()}/${rid}`);
     const completion = (await res.json()) as { id: string; choices: { message: { content: string } }[] };
@@ -234,6 +241,8 @@ describe('idempotent requests and resumable streams (real Redis, real processes)
     // Its log ends with the cancellation, so a late replay ends too instead of waiting.
     const late = await readEvents(`${chatUrl()}/${rid}`, { headers: { 'last-event-id': '0' } });
     expect(errorOf(late.events.at(-1)!.data).code).to.equal('cancelled');
+    const past = await readEvents(`${chatUrl()}/${rid}`, { headers: { 'last-event-id': late.events.at(-1)!.id! } });
+    expect(past.events).to.deep.equal([]);
   });
 
   it('does not cancel a dropped idempotent request while a retry follows it', async () => {

@@ -48,7 +48,7 @@ export interface FollowOptions {
   after: ResumePoint | null;
   sink: Sink;
   /** Ends the follow when the client goes away. */
-  res: { on(event: 'close', fn: () => void): unknown };
+  res: { on(event: 'close', fn: () => void): unknown; end(): unknown };
   timeoutMessage: string;
 }
 
@@ -112,23 +112,26 @@ export class RequestFollowers {
       void reader.stop(0);
       return true;
     };
-    // Inside the end of the stream: read that event again and skip the parts the client has.
-    const inside = after !== null && after.part !== null && after.n > 0;
-    const from = after === null ? '0-0' : `${inside ? after.n - 1 : after.n}-0`;
+    // Read the event the client saw last again (the end has several parts, and
+    // the client may have seen only some), then everything after it.
+    const seen = after !== null && after.n > 0 ? after : null;
+    const from = seen === null ? '0-0' : `${seen.n - 1}-0`;
     const onEvent = (ev: ReplyEvent) => {
       if (ended) return;
-      const resumedInside = inside && ev.seq + 1 === after.n;
+      const last = seen !== null && ev.seq + 1 === seen.n;
       switch (ev.type) {
         case 'tokens':
-          if (!resumedInside) sink.tokens(ev.text, ev.n, ev.seq);
+          if (!last) sink.tokens(ev.text, ev.n, ev.seq);
           return;
         case 'done':
           end();
-          sink.done(ev, resumedInside ? after.part! + 1 : 0);
+          sink.done(ev, last ? (seen.part ?? 0) + 1 : 0);
           return;
         case 'error':
           end();
-          sink.error(ev.status, ev.code, ev.message, ev.seq);
+          // An error the client saw already: nothing is left to send.
+          if (last) o.res.end();
+          else sink.error(ev.status, ev.code, ev.message, ev.seq);
       }
     };
     const reader = new ReplyReader(conn, this.keys.requestLog(meta.gw, rid), {
