@@ -1,4 +1,4 @@
-import type { GatewayConfig, Logger, Redis, WorkerRegistry } from '@llmux/shared';
+import type { GatewayConfig, GatewayMetrics, Logger, Redis, RequestQueue, WorkerRegistry } from '@llmux/shared';
 import type { QueueMonitor } from './admission/queue-monitor.js';
 import type { RedisCircuit } from './admission/redis-circuit.js';
 import type { TenantGate } from './admission/tenant.js';
@@ -22,6 +22,10 @@ export interface GatewayContext {
   /** Serves requests from their output logs (idempotent repeats, resumes). */
   followers: RequestFollowers;
   idempotency: IdempotencyStore;
+  /** Prometheus metrics of this gateway (`/metrics`). */
+  metrics: GatewayMetrics;
+  /** The models' queues (depth readings for the dashboard). */
+  queue: RequestQueue;
   /** API keys and per-key limits (AUTH=required), or the one anonymous tenant. */
   tenants: TenantGate;
 }

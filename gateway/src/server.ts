@@ -3,6 +3,8 @@ import type { AddressInfo } from 'node:net';
 import {
   ApiKeys,
   Cancellation,
+  createRegistry,
+  GatewayMetrics,
   createBlockingRedis,
   createRedis,
   DeploymentRegistry,
@@ -83,6 +85,8 @@ export class Gateway {
       queues: new QueueMonitor(redisQueueSampler(this.redis, this.keys), { log: this.log }),
       followers: new RequestFollowers(this.redis, this.keys, c.redisUrl, this.log),
       idempotency: new IdempotencyStore(this.redis, this.keys, c.idempotencyTtlMs),
+      metrics: new GatewayMetrics(createRegistry('gateway', c.gatewayId)),
+      queue,
       tenants: new TenantGate(c.auth === 'required' ? new ApiKeys(this.redis, this.keys) : null, (err) =>
         this.log.warn({ err }, 'could not settle a token reservation'),
       ),

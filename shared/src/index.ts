@@ -9,3 +9,4 @@ export * from './protocol/events.js';
 export * from './redis/index.js';
 export * from './util/net.js';
 export * from './tenancy/api-keys.js';
+export * from './metrics/index.js';

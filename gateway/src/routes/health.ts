@@ -42,5 +42,12 @@ export function healthRoutes(ctx: GatewayContext): Router {
     });
   });
 
+  /** Prometheus metrics of this gateway. */
+  router.get('/metrics', async (_req, res) => {
+    const body = await ctx.metrics.registry.metrics();
+    res.setHeader('content-type', ctx.metrics.registry.contentType);
+    res.end(body);
+  });
+
   return router;
 }

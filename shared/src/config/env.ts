@@ -90,6 +90,10 @@ const workerEnv = z.object({
   DRAIN_TIMEOUT_MS: int(30_000, 0),
   /** Approximate cap on each reply stream's length. Default 100000 entries. */
   REPLY_STREAM_MAXLEN: int(100_000, 100),
+  /** Port of the agent's HTTP server (`/metrics`, `/healthz`); 0 picks a free one (logged, and in the worker status); `off` disables it. Default 0. */
+  METRICS_PORT: z.union([z.literal('off'), z.coerce.number().int().min(0).max(65535)]).default(0),
+  /** Bind address of that server. Default 127.0.0.1 (containers set 0.0.0.0). */
+  METRICS_HOST: z.string().default('127.0.0.1'),
 });
 
 const controllerEnv = z.object({
@@ -140,6 +144,10 @@ const controllerEnv = z.object({
     .transform((v) => v === 'true' || v === '1'),
   PORT: int(8000).pipe(z.number().max(65535)),
   HOST: z.string().default('127.0.0.1'),
+  /** Port of the controller's `/metrics`; 0 picks a free one; `off` disables it. Default 9465. */
+  METRICS_PORT: z.union([z.literal('off'), z.coerce.number().int().min(0).max(65535)]).default(9465),
+  /** Bind address of `/metrics`. Default 127.0.0.1. */
+  METRICS_HOST: z.string().default('127.0.0.1'),
 });
 
 function parse<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
@@ -189,6 +197,8 @@ export interface WorkerConfig extends CommonConfig {
   maxBatchTokens: number;
   drainTimeoutMs: number;
   replyStreamMaxLen: number;
+  /** null: no HTTP server. */
+  metrics: { host: string; port: number } | null;
 }
 
 export interface ControllerConfig extends CommonConfig {
@@ -207,6 +217,8 @@ export interface ControllerConfig extends CommonConfig {
   embeddedRedis: boolean;
   port: number;
   host: string;
+  /** null: no `/metrics`. */
+  metrics: { host: string; port: number } | null;
 }
 
 const shortHost = () => hostname().replace(/[^A-Za-z0-9_.-]/g, '_');
@@ -258,6 +270,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     maxBatchTokens: e.MAX_BATCH_TOKENS,
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
     replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
+    metrics: e.METRICS_PORT === 'off' ? null : { host: e.METRICS_HOST, port: e.METRICS_PORT },
   };
 }
 
@@ -290,5 +303,6 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): Cont
     embeddedRedis: e.EMBEDDED_REDIS,
     port: e.PORT,
     host: e.HOST,
+    metrics: e.METRICS_PORT === 'off' ? null : { host: e.METRICS_HOST, port: e.METRICS_PORT },
   };
 }
