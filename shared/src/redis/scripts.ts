@@ -4,8 +4,8 @@ import type { Redis } from 'ioredis';
 
 /**
  * A Lua script from shared/lua, run with EVALSHA (auto-pipelined like any
- * command) and sent in full only when Redis does not know it yet (first use,
- * or after a restart). The file name ends in `-<numKeys>.lua`.
+ * command) and sent in full with EVAL on a client's first use and when Redis
+ * no longer knows it (after a restart). The file name ends in `-<numKeys>.lua`.
  */
 export class Script {
   readonly sha: string;
@@ -20,8 +20,17 @@ export class Script {
     this.numKeys = Number(m[1]);
   }
 
+  /** Clients that have sent this script in full once (EVAL loads it into Redis's script cache). */
+  private readonly sent = new WeakSet<Redis>();
+
   async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     if (keys.length !== this.numKeys) throw new Error(`${this.name} takes ${this.numKeys} keys, got ${keys.length}`);
+    // The first call from a client sends the body: a NOSCRIPT retry would be a second round
+    // trip, and a command sent meanwhile (a settle, then the next admit) could overtake it.
+    if (!this.sent.has(redis)) {
+      this.sent.add(redis);
+      return redis.eval(this.lua, this.numKeys, ...keys, ...args);
+    }
     try {
       return await redis.evalsha(this.sha, this.numKeys, ...keys, ...args);
     } catch (err) {
