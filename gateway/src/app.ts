@@ -9,6 +9,7 @@ import {
 } from '@llmux/shared';
 import { OverloadedError, retryAfterOf } from './admission/errors.js';
 import type { GatewayContext } from './context.js';
+import { dashboardRoutes } from './dashboard/routes.js';
 import { sendError } from './relay/sinks.js';
 import { healthRoutes } from './routes/health.js';
 import { openaiRoutes } from './routes/openai.js';
@@ -61,6 +62,7 @@ export function createApp(ctx: GatewayContext): express.Express {
   app.use((req, res, next) => (req.method === 'OPTIONS' ? notFound(req, res, next) : next()));
   app.use(healthRoutes(ctx));
   app.use(openaiRoutes(ctx));
+  app.use(dashboardRoutes(ctx));
   app.use(notFound);
 
   const onError: ErrorRequestHandler = (err, req, res, _next) => {
