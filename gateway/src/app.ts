@@ -67,6 +67,7 @@ export function createApp(ctx: GatewayContext): express.Express {
 
   const onError: ErrorRequestHandler = (err, req, res, _next) => {
     const api = toApiError(err, ctx.config.maxBodyBytes);
+    ctx.requestMetrics.failed(res, api, err); // outcome and rejection reason, by class and status
     if (!api) ctx.log.error({ err, method: req.method, path: req.path }, 'unhandled error');
     // Refusals while Redis is down or the gateway is full are logged once, as a state change, not per request.
     else if (api instanceof ServiceUnavailableError || api instanceof OverloadedError) {

@@ -6,6 +6,7 @@ import type { ModelCatalog } from './catalog.js';
 import type { Dispatcher } from './relay/dispatcher.js';
 import type { RequestFollowers } from './relay/follower.js';
 import type { IdempotencyStore } from './relay/idempotency.js';
+import type { RequestMetrics } from './relay/request-metrics.js';
 
 /** What route handlers share: built once by the Gateway. */
 export interface GatewayContext {
@@ -24,6 +25,8 @@ export interface GatewayContext {
   idempotency: IdempotencyStore;
   /** Prometheus metrics of this gateway (`/metrics`). */
   metrics: GatewayMetrics;
+  /** The request metrics' per-model children and counting rules. */
+  requestMetrics: RequestMetrics;
   /** The models' queues (depth readings for the dashboard). */
   queue: RequestQueue;
   /** API keys and per-key limits (AUTH=required), or the one anonymous tenant. */

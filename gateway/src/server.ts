@@ -12,6 +12,7 @@ import {
   ReplyReader,
   RequestQueue,
   settleWithin,
+  timeRedis,
   WorkerRegistry,
   type GatewayConfig,
   type Logger,
@@ -24,6 +25,7 @@ import { ModelCatalog } from './catalog.js';
 import type { GatewayContext } from './context.js';
 import { Dispatcher } from './relay/dispatcher.js';
 import { RequestFollowers } from './relay/follower.js';
+import { RequestMetrics } from './relay/request-metrics.js';
 import { TenantGate } from './admission/tenant.js';
 import { IdempotencyStore } from './relay/idempotency.js';
 
@@ -68,7 +70,10 @@ export class Gateway {
     const queue = new RequestQueue(this.redis, this.keys);
     // A cancel mark must outlive any request it can cancel.
     const cancellation = new Cancellation(this.redis, this.keys, c.requestTimeoutMs + 60_000);
-    const dispatcher = new Dispatcher(queue, cancellation, c.gatewayId, this.log);
+    const metrics = new GatewayMetrics(createRegistry('gateway', c.gatewayId));
+    const requestMetrics = new RequestMetrics(metrics);
+    const dispatcher = new Dispatcher(queue, cancellation, c.gatewayId, this.log, requestMetrics);
+    const sampleQueue = redisQueueSampler(this.redis, this.keys);
     this.reader = new ReplyReader(this.blocking, this.keys.replies(c.gatewayId), {
       onEvent: (ev) => dispatcher.onEvent(ev),
       onError: (err) => this.log.warn({ err }, 'reply stream read failed'),
@@ -81,11 +86,15 @@ export class Gateway {
       catalog: new ModelCatalog(new DeploymentRegistry(this.redis, this.keys), this.log),
       dispatcher,
       workers: new WorkerRegistry(this.redis, this.keys),
-      circuit: new RedisCircuit(this.redis, this.log),
-      queues: new QueueMonitor(redisQueueSampler(this.redis, this.keys), { log: this.log }),
-      followers: new RequestFollowers(this.redis, this.keys, c.redisUrl, this.log),
+      circuit: new RedisCircuit(this.redis, this.log, { latency: metrics.redisLatency }),
+      // Admissions read the queue from a cache; the readings that reach Redis are timed here.
+      queues: new QueueMonitor((model) => timeRedis(metrics.redisLatency, 'queue reading', () => sampleQueue(model)), {
+        log: this.log,
+      }),
+      followers: new RequestFollowers(this.redis, this.keys, c.redisUrl, this.log, (n) => requestMetrics.setFollowers(n)),
       idempotency: new IdempotencyStore(this.redis, this.keys, c.idempotencyTtlMs),
-      metrics: new GatewayMetrics(createRegistry('gateway', c.gatewayId)),
+      metrics,
+      requestMetrics,
       queue,
       tenants: new TenantGate(c.auth === 'required' ? new ApiKeys(this.redis, this.keys) : null, (err) =>
         this.log.warn({ err }, 'could not settle a token reservation'),

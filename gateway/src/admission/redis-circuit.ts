@@ -5,6 +5,13 @@ export interface RedisCircuitOptions {
   timeoutMs?: number;
   /** While open with the connection up (a timeout tripped it), how often a PING checks Redis again. Default 500 ms. */
   probeMs?: number;
+  /** Where guarded operations are timed, by name (`llmux_redis_command_duration_seconds`). */
+  latency?: LatencyHistogram;
+}
+
+/** The part of a prom-client histogram with an `op` label that the circuit uses. */
+export interface LatencyHistogram {
+  labels(op: string): { observe(seconds: number): void };
 }
 
 /** A guarded operation took longer than the circuit allows. */
@@ -27,11 +34,13 @@ export class RedisCircuit {
   private closed = false;
   private readonly timeoutMs: number;
   private readonly probeMs: number;
+  /** Histogram children by operation name (a fixed set, written in the code). */
+  private readonly timers = new Map<string, { observe(seconds: number): void }>();
 
   constructor(
     private readonly redis: Redis,
     private readonly log: Logger,
-    opts: RedisCircuitOptions = {},
+    private readonly opts: RedisCircuitOptions = {},
   ) {
     this.timeoutMs = opts.timeoutMs ?? 1000;
     this.probeMs = opts.probeMs ?? 500;
@@ -60,10 +69,14 @@ export class RedisCircuit {
   /**
    * Runs one admission-path Redis operation with a time bound. A connection
    * failure or a timeout trips the circuit and becomes a 503; API errors
-   * (such as a 429) pass through untouched.
+   * (such as a 429) pass through untouched. `what` names the operation in
+   * errors and in the latency histogram, so it must be a fixed string; with
+   * `timed` false the operation is not timed here (it may not reach Redis,
+   * and is timed where it does).
    */
-  async guard<T>(op: () => Promise<T>, what: string): Promise<T> {
+  async guard<T>(op: () => Promise<T>, what: string, timed = true): Promise<T> {
     this.check();
+    const started = timed && this.opts.latency ? performance.now() : -1;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new RedisTimeoutError(`${what} took longer than ${this.timeoutMs} ms`)), this.timeoutMs);
@@ -79,7 +92,17 @@ export class RedisCircuit {
       throw err;
     } finally {
       clearTimeout(timer);
+      if (started >= 0) this.timer(what).observe((performance.now() - started) / 1000);
     }
+  }
+
+  private timer(what: string): { observe(seconds: number): void } {
+    let t = this.timers.get(what);
+    if (!t) {
+      t = this.opts.latency!.labels(what);
+      this.timers.set(what, t);
+    }
+    return t;
   }
 
   /** Opens the circuit; probes until Redis answers again. */

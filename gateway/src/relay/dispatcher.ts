@@ -6,8 +6,10 @@ import {
   type Logger,
   type Priority,
   type ReplyEvent,
+  type RequestOutcome,
   type RequestQueue,
 } from '@llmux/shared';
+import { newTrack, type ModelSeries, type RequestMetrics, type RequestTrack } from './request-metrics.js';
 import type { Sink } from './sinks.js';
 
 /**
@@ -38,6 +40,13 @@ interface Pending {
   onEnd?: (e: Ending) => void;
   /** Set while the client is gone and the request waits out its resume grace. */
   grace: NodeJS.Timeout | null;
+  /** This model's metric children. */
+  series: ModelSeries;
+  track: RequestTrack;
+  /** Admission time (`performance.now()`, ms). */
+  startedAt: number;
+  /** When the last tokens event was relayed (ms); 0 until the first one with text. */
+  lastTokensAt: number;
 }
 
 /** Where a detached request's events go: nowhere (its output log keeps them). */
@@ -59,6 +68,10 @@ export interface SubmitOptions {
   onEnd?: (e: Ending) => void;
   /** The tenant's fair-share weight. Default 1. */
   weight?: number;
+  /** When the request was admitted (`performance.now()`, ms): latencies are measured from it. Default: now. */
+  startedAt?: number;
+  /** Counts the request's outcome once (shared with the error handler). Default: a track of its own. */
+  track?: RequestTrack;
 }
 
 /**
@@ -75,6 +88,7 @@ export class Dispatcher {
     private readonly cancellation: Cancellation,
     private readonly gatewayId: string,
     private readonly log: Logger,
+    private readonly metrics: RequestMetrics,
   ) {}
 
   get size(): number {
@@ -115,12 +129,18 @@ export class Dispatcher {
       tokens: 0,
       onEnd: o.onEnd,
       grace: null,
+      series: this.metrics.series(o.model),
+      track: o.track ?? newTrack(o.model),
+      startedAt: o.startedAt ?? performance.now(),
+      lastTokensAt: 0,
     });
+    this.metrics.setOpenRequests(this.pending.size);
     try {
       await this.queue.enqueue(job, o.weight ?? 1);
     } catch (err) {
       clearTimeout(timer);
       this.pending.delete(o.rid);
+      this.metrics.setOpenRequests(this.pending.size);
       throw err;
     }
   }
@@ -139,23 +159,48 @@ export class Dispatcher {
       case 'tokens':
         p.tokens += ev.n;
         p.sink.tokens(ev.text, ev.n, ev.seq);
+        this.observeTokens(p, ev.text, ev.n);
         return;
       case 'done':
-        this.settle(p, { completionTokens: ev.completionTokens, promptTokens: ev.promptTokens });
+        p.series.e2e.observe((performance.now() - p.startedAt) / 1000);
+        if (ev.promptTokens > 0) p.series.promptTokens.inc(ev.promptTokens);
+        this.settle(p, 'ok', { completionTokens: ev.completionTokens, promptTokens: ev.promptTokens });
         p.sink.done(ev);
         return;
       case 'error':
-        this.settle(p);
+        this.settle(p, errorOutcome(ev.code));
         p.sink.error(ev.status, ev.code, ev.message, ev.seq);
         return;
     }
   }
 
-  /** The client went away: forget the request and tell the worker to stop. False if it had already ended. */
-  abandon(rid: string): boolean {
+  /**
+   * Time to first token at the first event with text; after it, the gap since
+   * the previous tokens event divided by the event's tokens (workers batch
+   * tokens, so this is the mean gap within a batch), once per event.
+   */
+  private observeTokens(p: Pending, text: string, n: number): void {
+    if (n > 0) p.series.generationTokens.inc(n);
+    if (p.lastTokensAt === 0) {
+      if (text.length === 0) return;
+      p.lastTokensAt = performance.now();
+      p.series.ttft.observe((p.lastTokensAt - p.startedAt) / 1000);
+    } else if (n > 0) {
+      const now = performance.now();
+      p.series.itl.observe((now - p.lastTokensAt) / 1000 / n);
+      p.lastTokensAt = now;
+    }
+  }
+
+  /**
+   * The client went away (or read too slowly, or its resume grace is over):
+   * forget the request and tell the worker to stop. False if it had already
+   * ended. `outcome` null: the request is counted elsewhere (its enqueue failed).
+   */
+  abandon(rid: string, outcome: RequestOutcome | null = 'cancelled'): boolean {
     const p = this.pending.get(rid);
     if (!p) return false;
-    this.settle(p);
+    this.settle(p, outcome);
     this.cancel(p);
     return true;
   }
@@ -184,7 +229,7 @@ export class Dispatcher {
   /** Ends every open request with an error (gateway shutting down). */
   failAll(status: number, code: string, message: string): void {
     for (const p of [...this.pending.values()]) {
-      this.settle(p);
+      this.settle(p, 'error');
       this.cancel(p);
       p.sink.error(status, code, message);
     }
@@ -193,15 +238,17 @@ export class Dispatcher {
   private expire(rid: string): void {
     const p = this.pending.get(rid);
     if (!p) return;
-    this.settle(p);
+    this.settle(p, 'timeout');
     this.cancel(p);
     p.sink.error(504, 'deadline_exceeded', p.timeoutMessage);
   }
 
-  private settle(p: Pending, ending?: Ending): void {
+  private settle(p: Pending, outcome: RequestOutcome | null, ending?: Ending): void {
     clearTimeout(p.timer);
     if (p.grace) clearTimeout(p.grace);
     this.pending.delete(p.rid);
+    this.metrics.setOpenRequests(this.pending.size);
+    if (outcome) this.metrics.ended(p.track, outcome, p.series);
     try {
       p.onEnd?.(ending ?? { completionTokens: p.tokens, promptTokens: null });
     } catch (err) {
@@ -214,4 +261,11 @@ export class Dispatcher {
       this.log.warn({ err, rid: p.rid }, 'could not publish cancellation');
     });
   }
+}
+
+/** How an error event from a worker counts: its time limit, a cancellation, or an error. */
+function errorOutcome(code: string): RequestOutcome {
+  if (code === 'deadline_exceeded') return 'timeout';
+  if (code === 'cancelled') return 'cancelled';
+  return 'error';
 }

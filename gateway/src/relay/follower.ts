@@ -67,6 +67,8 @@ export class RequestFollowers {
     private readonly keys: Keys,
     private readonly redisUrl: string,
     private readonly log: Logger,
+    /** Told the number of follows after each change (the `llmux_gateway_followers` gauge). */
+    private readonly onSize: (n: number) => void = () => {},
   ) {}
 
   get size(): number {
@@ -101,11 +103,13 @@ export class RequestFollowers {
     mark();
     const markTimer = setInterval(mark, FOLLOW_MARK_MS / 3);
     this.open++;
+    this.onSize(this.open);
     let ended = false;
     const end = () => {
       if (ended) return false;
       ended = true;
       this.open--;
+      this.onSize(this.open);
       clearInterval(markTimer);
       clearTimeout(deadlineTimer);
       conn.disconnect();

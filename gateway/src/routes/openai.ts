@@ -16,6 +16,7 @@ import { ANONYMOUS_ADMISSION, estimatePromptTokens, PRIORITY_HEADER, resolvePrio
 import type { GatewayContext } from '../context.js';
 import { parseLastEventId, type RequestMeta, type ResponseFormat, type ResumePoint } from '../relay/follower.js';
 import { bodyFingerprint, IDEMPOTENCY_HEADER, idempotencyKeyOf } from '../relay/idempotency.js';
+import { newTrack, trackOf, trackRequests } from '../relay/request-metrics.js';
 import { ChatSseSink, CompletionSseSink, JsonSink, PlainTextSink, type Sink, type SinkContext } from '../relay/sinks.js';
 import {
   parseChatRequest,
@@ -25,8 +26,12 @@ import {
   type RequestLimits,
 } from '../validation/openai.js';
 
-/** Looks the model up; 404 in OpenAI's words when it is not served, 503 when the catalog cannot be read. */
-async function deploymentFor(ctx: GatewayContext, model: string): Promise<Deployment> {
+/**
+ * Looks the model up; 404 in OpenAI's words when it is not served, 503 when
+ * the catalog cannot be read. The deployment's name labels the request's
+ * metrics from then on (never the client's string).
+ */
+async function deploymentFor(ctx: GatewayContext, res: Response, model: string): Promise<Deployment> {
   const d =
     ctx.catalog.get(model) ??
     (await ctx.circuit
@@ -38,6 +43,8 @@ async function deploymentFor(ctx: GatewayContext, model: string): Promise<Deploy
   if (!d) {
     throw new NotFoundError(`The model '${model}' does not exist or you do not have access to it.`, 'model_not_found');
   }
+  const track = trackOf(res);
+  if (track) track.model = d.name;
   return d;
 }
 
@@ -160,6 +167,8 @@ function follow(ctx: GatewayContext, res: Response, rid: string, meta: RequestMe
  */
 async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admission): Promise<void> {
   const { d, params, deadline } = a;
+  const track = trackOf(res) ?? newTrack(d.name);
+  track.model = d.name;
   const idemKey = idempotencyKeyOf(req.headers[IDEMPOTENCY_HEADER]);
   const resumeAt = lastEventId(req);
   checkOpenRequests(ctx);
@@ -180,6 +189,7 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
   }
   const rid = newId(a.ridPrefix);
   const t0 = Date.now();
+  const startedAt = performance.now();
   const meta: RequestMeta = {
     gw: ctx.config.gatewayId,
     model: d.name,
@@ -204,6 +214,7 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
     }
     if (claim.status === 'existing') {
       ctx.log.info({ rid: claim.record.rid, model: d.name }, 'idempotent repeat served from the first request');
+      track.follower = true; // not a new request: the first one is counted
       follow(ctx, res, claim.record.rid, claim.record.meta, resumeAt);
       return;
     }
@@ -214,7 +225,8 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
     if (idemKey) ctx.idempotency.release(tenant.name, idemKey, rid).catch(() => {});
   };
   try {
-    await ctx.circuit.guard(() => ctx.queues.admit(d.name, d.maxQueue), 'queue reading');
+    // Mostly answered from a cached reading: timed where the reading reaches Redis.
+    await ctx.circuit.guard(() => ctx.queues.admit(d.name, d.maxQueue), 'queue reading', false);
   } catch (err) {
     unclaim();
     throw err;
@@ -257,6 +269,8 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
           priority,
           weight: tenant.weight,
           retainMs,
+          startedAt,
+          track,
           onEnd: (e) => admission.settle((e.promptTokens ?? promptTokens) + e.completionTokens),
         }),
       'enqueue',
@@ -265,7 +279,8 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
     ctx.queues.release(d.name);
     unclaim();
     // Timed out with the XADD still in flight: if it lands after all, the cancel mark stops it.
-    if (ctx.dispatcher.has(rid)) ctx.dispatcher.abandon(rid);
+    // Not counted as cancelled: the error handler counts the 503.
+    if (ctx.dispatcher.has(rid)) ctx.dispatcher.abandon(rid, null);
     ctx.log.warn({ err: (err as Error).message, rid, model: d.name }, 'enqueue failed');
     throw err instanceof ServiceUnavailableError
       ? err
@@ -315,6 +330,8 @@ async function resume(ctx: GatewayContext, req: Request, res: Response, kind: 'c
   if (!meta || !sameKind || meta.tenant !== tenant.name) {
     throw new NotFoundError(`No request with id '${rid}' (unknown, another kind, or past its retention).`, 'request_not_found');
   }
+  const track = trackOf(res);
+  if (track) track.model = meta.model;
   const wantsStream =
     after !== null || req.query.stream === 'true' || String(req.headers.accept ?? '').includes('text/event-stream');
   const format: ResponseFormat = wantsStream ? `${kind}-sse` : `${kind}-json`;
@@ -333,6 +350,9 @@ export function openaiRoutes(ctx: GatewayContext): Router {
   const json = express.json({ limit: ctx.config.maxBodyBytes, type: () => true, strict: true });
   const text = express.text({ limit: ctx.config.maxBodyBytes, type: () => true });
   const limits: RequestLimits = { maxPromptChars: ctx.config.maxPromptChars };
+  // First on each route, so every refusal (401, 503 before the body, a body that does not parse) is counted.
+  const request = trackRequests(false);
+  const resumed = trackRequests(true);
   // A gateway at its cap refuses before reading (and parsing) the body.
   // A gateway at its cap, and a request without a well-formed key (AUTH=required), are refused before the body is read.
   const shed: RequestHandler = (req, _res, next) => {
@@ -341,10 +361,10 @@ export function openaiRoutes(ctx: GatewayContext): Router {
     next();
   };
 
-  router.post('/v1/chat/completions', shed, json, async (req, res) => {
+  router.post('/v1/chat/completions', request, shed, json, async (req, res) => {
     const parsed = parseChatRequest(req.body, limits);
     const deadline = preflight(ctx, req);
-    const d = await deploymentFor(ctx, parsed.model);
+    const d = await deploymentFor(ctx, res, parsed.model);
     await serve(ctx, req, res, {
       d,
       params: finalParams(d, parsed),
@@ -358,10 +378,10 @@ export function openaiRoutes(ctx: GatewayContext): Router {
     });
   });
 
-  router.post('/v1/completions', shed, json, async (req, res) => {
+  router.post('/v1/completions', request, shed, json, async (req, res) => {
     const parsed = parseCompletionRequest(req.body, limits);
     const deadline = preflight(ctx, req);
-    const d = await deploymentFor(ctx, parsed.model);
+    const d = await deploymentFor(ctx, res, parsed.model);
     await serve(ctx, req, res, {
       d,
       params: finalParams(d, parsed),
@@ -375,15 +395,15 @@ export function openaiRoutes(ctx: GatewayContext): Router {
     });
   });
 
-  router.get('/v1/chat/completions/:id', shed, (req, res) => resume(ctx, req, res, 'chat'));
-  router.get('/v1/completions/:id', shed, (req, res) => resume(ctx, req, res, 'completion'));
+  router.get('/v1/chat/completions/:id', resumed, shed, (req, res) => resume(ctx, req, res, 'chat'));
+  router.get('/v1/completions/:id', resumed, shed, (req, res) => resume(ctx, req, res, 'completion'));
 
   // The plain route: POST /v1/chat/<model> with the prompt as the body; streams text.
-  router.post('/v1/chat/*model', shed, text, async (req, res) => {
+  router.post('/v1/chat/*model', request, shed, text, async (req, res) => {
     const model = (req.params as { model: string[] }).model.join('/');
     const parsed = parsePlainRequest(model, req.body, req.query, limits);
     const deadline = preflight(ctx, req);
-    const d = await deploymentFor(ctx, model);
+    const d = await deploymentFor(ctx, res, model);
     await serve(ctx, req, res, {
       d,
       params: finalParams(d, parsed),
@@ -407,7 +427,7 @@ export function openaiRoutes(ctx: GatewayContext): Router {
   router.get('/v1/models/*model', async (req, res) => {
     await authenticate(ctx, req);
     const model = (req.params as { model: string[] }).model.join('/');
-    await deploymentFor(ctx, model);
+    await deploymentFor(ctx, res, model);
     res.json(modelObject(model));
   });
 
