@@ -1,4 +1,4 @@
-import type { GatewayConfig, GatewayMetrics, Logger, Redis, RequestQueue, WorkerRegistry } from '@llmux/shared';
+import type { GatewayConfig, GatewayMetrics, Logger, Redis, RequestQueue, Tracing, WorkerRegistry } from '@llmux/shared';
 import type { QueueMonitor } from './admission/queue-monitor.js';
 import type { RedisCircuit } from './admission/redis-circuit.js';
 import type { TenantGate } from './admission/tenant.js';
@@ -23,6 +23,8 @@ export interface GatewayContext {
   /** Serves requests from their output logs (idempotent repeats, resumes). */
   followers: RequestFollowers;
   idempotency: IdempotencyStore;
+  /** OpenTelemetry tracing (no-op unless an OTLP endpoint is configured). */
+  tracing: Tracing;
   /** Prometheus metrics of this gateway (`/metrics`). */
   metrics: GatewayMetrics;
   /** The request metrics' per-model children and counting rules. */

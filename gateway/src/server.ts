@@ -5,6 +5,7 @@ import {
   Cancellation,
   createRegistry,
   GatewayMetrics,
+  Tracing,
   createBlockingRedis,
   createRedis,
   DeploymentRegistry,
@@ -95,6 +96,7 @@ export class Gateway {
       idempotency: new IdempotencyStore(this.redis, this.keys, c.idempotencyTtlMs),
       metrics,
       requestMetrics,
+      tracing: Tracing.start(c.tracing, 'gateway', c.gatewayId),
       queue,
       tenants: new TenantGate(c.auth === 'required' ? new ApiKeys(this.redis, this.keys) : null, (err) =>
         this.log.warn({ err }, 'could not settle a token reservation'),
@@ -188,6 +190,7 @@ export class Gateway {
     this.ctx.circuit.close();
     this.blocking.disconnect();
     await this.reader.stop();
+    await settleWithin(this.ctx.tracing.shutdown(), 2000);
     if (!(await settleWithin(this.redis.quit(), 1000))) this.redis.disconnect();
     this.state = 'closed';
   }

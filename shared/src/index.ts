@@ -10,3 +10,4 @@ export * from './redis/index.js';
 export * from './util/net.js';
 export * from './tenancy/api-keys.js';
 export * from './metrics/index.js';
+export * from './tracing/index.js';

@@ -217,7 +217,21 @@ describe('environment: loadWorkerConfig', () => {
       maxBatchTokens: 32,
       drainTimeoutMs: 30_000,
       replyStreamMaxLen: 100_000,
+      metrics: { host: '127.0.0.1', port: 0 },
+      tracing: null,
     });
+  });
+
+  it('turns tracing on with an OTLP endpoint, and metrics off with METRICS_PORT=off', () => {
+    const c = loadWorkerConfig({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/',
+      OTEL_BSP_SCHEDULE_DELAY: '100',
+      METRICS_PORT: 'off',
+    });
+    expect(c.tracing).to.deep.equal({ endpoint: 'http://collector:4318/v1/traces', serviceName: null, scheduleDelayMs: 100 });
+    expect(c.metrics).to.equal(null);
+    const t = loadWorkerConfig({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/custom', OTEL_SERVICE_NAME: 'w' });
+    expect(t.tracing).to.deep.equal({ endpoint: 'http://c:4318/custom', serviceName: 'w', scheduleDelayMs: 5000 });
   });
 
   it('splits WORKER_MODELS and reads explicit values', () => {

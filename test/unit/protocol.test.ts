@@ -127,6 +127,15 @@ describe('protocol: jobs', () => {
     const err = malformed(withField('params', JSON.stringify({ kind: 'completion', prompt: 'x', maxTokens: 0 })));
     expect(err.message).to.contain('params.maxTokens');
   });
+
+  it('carries a trace context only when there is one, and drops a malformed one', () => {
+    expect(fieldsOf(encodeJob(job)).has('traceparent'), 'tracing off: no field').to.equal(false);
+    const tp = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    expect(decodeJob(encodeJob({ ...job, traceparent: tp })).traceparent).to.equal(tp);
+    const bad = decodeJob(withField('traceparent', 'not-a-trace'));
+    expect(bad.traceparent).to.equal(undefined);
+    expect(bad.rid).to.equal(job.rid);
+  });
 });
 
 describe('protocol: reply events', () => {

@@ -72,6 +72,8 @@ export interface SubmitOptions {
   startedAt?: number;
   /** Counts the request's outcome once (shared with the error handler). Default: a track of its own. */
   track?: RequestTrack;
+  /** W3C trace context of the request's span (tracing on). */
+  traceparent?: string;
 }
 
 /**
@@ -116,6 +118,7 @@ export class Dispatcher {
       tenant: o.tenant ?? DEFAULT_TENANT,
       priority: o.priority ?? 'normal',
       retainMs: o.retainMs ?? 0,
+      ...(o.traceparent ? { traceparent: o.traceparent } : {}),
     };
     const timer = setTimeout(() => this.expire(o.rid), o.timeoutMs);
     const timeoutMessage = o.timeoutMessage ?? 'The request did not finish within its time limit (REQUEST_TIMEOUT_MS).';

@@ -17,6 +17,7 @@ import type { GatewayContext } from '../context.js';
 import { parseLastEventId, type RequestMeta, type ResponseFormat, type ResumePoint } from '../relay/follower.js';
 import { bodyFingerprint, IDEMPOTENCY_HEADER, idempotencyKeyOf } from '../relay/idempotency.js';
 import { newTrack, trackOf, trackRequests } from '../relay/request-metrics.js';
+import { traceRequest } from '../relay/trace.js';
 import { ChatSseSink, CompletionSseSink, JsonSink, PlainTextSink, type Sink, type SinkContext } from '../relay/sinks.js';
 import {
   parseChatRequest,
@@ -232,9 +233,12 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
     throw err;
   }
   let gone = false;
-  const sink = sinkFor(
-    a.format,
-    sinkContext(ctx, res, rid, meta, false, () => ctx.dispatcher.abandon(rid)),
+  const trace = traceRequest(ctx.tracing, { rid, model: d.name, tenant: tenant.name, priority, route: a.route, t0 });
+  const sink = trace.wrap(
+    sinkFor(
+      a.format,
+      sinkContext(ctx, res, rid, meta, false, () => ctx.dispatcher.abandon(rid)),
+    ),
   );
   res.on('close', () => {
     if (res.writableFinished) return;
@@ -250,6 +254,8 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
   res.on('finish', () => {
     ctx.log.info({ rid, model: d.name, status: res.statusCode, ms: Date.now() - t0 }, 'request finished');
   });
+  // A client that left during the awaits above closed its socket before the handler existed.
+  if (!res.socket || res.socket.destroyed) gone = true;
   // Streams and idempotent requests can be found again by id (resume, replay).
   if (idemKey || isSse(a.format)) {
     const ttl = deadline.timeoutMs + ctx.config.resumeGraceMs + retainMs;
@@ -271,11 +277,16 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
           retainMs,
           startedAt,
           track,
-          onEnd: (e) => admission.settle((e.promptTokens ?? promptTokens) + e.completionTokens),
+          traceparent: trace.traceparent,
+          onEnd: (e) => {
+            admission.settle((e.promptTokens ?? promptTokens) + e.completionTokens);
+            trace.end(e);
+          },
         }),
       'enqueue',
     );
   } catch (err) {
+    trace.fail(err);
     ctx.queues.release(d.name);
     unclaim();
     // Timed out with the XADD still in flight: if it lands after all, the cancel mark stops it.
@@ -286,6 +297,7 @@ async function serve(ctx: GatewayContext, req: Request, res: Response, a: Admiss
       ? err
       : new ServiceUnavailableError('The request queue is unreachable; retry shortly.');
   }
+  trace.admitted();
   if (gone) {
     if (!idemKey) ctx.dispatcher.abandon(rid);
   }

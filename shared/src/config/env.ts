@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.js';
+import type { TracingConfig } from '../tracing/index.js';
 import { formatIssues } from './zod-errors.js';
 
 /**
@@ -20,7 +21,29 @@ const common = {
     .regex(/^[A-Za-z0-9_.-]+$/)
     .default('llm'),
   LOG_LEVEL: logLevel,
+  /** OTLP/HTTP traces endpoint; setting it (or OTEL_EXPORTER_OTLP_ENDPOINT) turns tracing on. */
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z.string().url().optional(),
+  /** OTLP/HTTP base endpoint; traces go to `<it>/v1/traces`. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  /** `service.name` of the spans. Default `llmux-<gateway|worker|controller>`. */
+  OTEL_SERVICE_NAME: z.string().min(1).optional(),
+  /** How long spans are batched before export. Default 5000 ms. */
+  OTEL_BSP_SCHEDULE_DELAY: int(5000, 0),
 };
+
+/** Tracing settings from the standard OpenTelemetry variables; null (off) without an endpoint. */
+function tracingOf(e: {
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?: string;
+  OTEL_EXPORTER_OTLP_ENDPOINT?: string;
+  OTEL_SERVICE_NAME?: string;
+  OTEL_BSP_SCHEDULE_DELAY: number;
+}): TracingConfig | null {
+  const endpoint =
+    e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ??
+    (e.OTEL_EXPORTER_OTLP_ENDPOINT ? `${e.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
+  if (!endpoint) return null;
+  return { endpoint, serviceName: e.OTEL_SERVICE_NAME ?? null, scheduleDelayMs: e.OTEL_BSP_SCHEDULE_DELAY };
+}
 
 const gatewayEnv = z.object({
   ...common,
@@ -163,6 +186,8 @@ export interface CommonConfig {
   redisUrl: string;
   keyPrefix: string;
   logLevel: string;
+  /** OpenTelemetry tracing; null when off (the default). */
+  tracing: TracingConfig | null;
 }
 
 export interface GatewayConfig extends CommonConfig {
@@ -229,6 +254,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     redisUrl: e.REDIS_URL,
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
+    tracing: tracingOf(e),
     port: e.PORT,
     host: e.HOST,
     gatewayId: e.GATEWAY_ID ?? `${shortHost()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
@@ -251,6 +277,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     redisUrl: e.REDIS_URL,
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
+    tracing: tracingOf(e),
     workerId: e.WORKER_ID ?? `${shortHost()}-${process.pid}`,
     models: e.WORKER_MODELS
       ? e.WORKER_MODELS.split(',')
@@ -280,6 +307,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): Cont
     redisUrl: e.REDIS_URL,
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
+    tracing: tracingOf(e),
     deploymentsFile: e.DEPLOYMENTS_FILE,
     mode: e.CONTROLLER_MODE,
     controllerId: e.CONTROLLER_ID ?? `${shortHost()}-${process.pid}`,

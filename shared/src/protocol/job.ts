@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { formatIssues } from '../config/zod-errors.js';
+import { TRACEPARENT } from '../tracing/index.js';
 
 /**
  * A queued request as it sits in `llm:{model}:requests`. Fields are plain
@@ -57,6 +58,8 @@ export interface Job {
   priority: Priority;
   /** How long the request's output log is kept after its deadline, ms (0: the worker's OUTPUT_RETENTION_MS). */
   retainMs: number;
+  /** W3C trace context of the gateway's request span, when tracing is on. */
+  traceparent?: string;
 }
 
 /** Flattens a job into XADD field/value pairs. */
@@ -72,6 +75,7 @@ export function encodeJob(job: Job): string[] {
     'tenant', job.tenant,
     'priority', job.priority,
     'retain', String(job.retainMs),
+    ...(job.traceparent ? ['traceparent', job.traceparent] : []),
   ]; // prettier-ignore
 }
 
@@ -91,6 +95,8 @@ const entrySchema = z.object({
   tenant: z.string().regex(TENANT_NAME).default(DEFAULT_TENANT),
   priority: z.enum(PRIORITIES).default('normal'),
   retain: z.coerce.number().int().min(0).default(0),
+  // A malformed trace context is dropped, not a reason to refuse the job.
+  traceparent: z.string().optional().catch(undefined),
 });
 
 /** Parses XREADGROUP field/value pairs back into a job, validating everything. */
@@ -117,5 +123,6 @@ export function decodeJob(fields: readonly string[]): Job {
     tenant: e.data.tenant,
     priority: e.data.priority,
     retainMs: e.data.retain,
+    ...(e.data.traceparent && TRACEPARENT.test(e.data.traceparent) ? { traceparent: e.data.traceparent } : {}),
   };
 }
