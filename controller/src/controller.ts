@@ -37,6 +37,7 @@ import { EventLog } from './events.js';
 import { currentLeader, LeaderLease } from './leader.js';
 import { LocalFleet, type ProcessRecord } from './local/fleet.js';
 import { Supervised, type ReadyMessage } from './local/supervisor.js';
+import { FleetGauges } from './metrics.js';
 
 const require = createRequire(import.meta.url);
 
@@ -75,6 +76,8 @@ export class Controller implements ControllerApi {
   private readonly control: ControlJobs;
   private readonly autoscaler: Autoscaler;
   private readonly apiKeys: ApiKeys;
+  /** Prometheus metrics: fleet and queue gauges read from Redis at scrape time, local restarts counted. */
+  readonly metrics: FleetGauges;
   private tasks: ScheduledTask[] = [];
   private fileWatcher: FSWatcher | null = null;
   private fileTimer: NodeJS.Timeout | null = null;
@@ -108,6 +111,14 @@ export class Controller implements ControllerApi {
       targetUtilization: c.targetUtilization,
       scaleDownAfterMs: c.scaleDownAfterMs,
       logger: this.log,
+    });
+    this.metrics = new FleetGauges({
+      redis: this.redis,
+      keys: this.keys,
+      queue: this.queue,
+      workers: this.workers,
+      isLeader: () => this.isLeader(),
+      id: c.controllerId,
     });
   }
 
@@ -287,7 +298,8 @@ export class Controller implements ControllerApi {
     const killAfterMs = c.drainTimeoutMs + 5000;
     this.fleet = new LocalFleet({
       module: entry('@llmux/worker-agent'),
-      env: childEnv,
+      // Each worker serves /metrics on a free port of its own (in its status), so several never collide.
+      env: { ...childEnv, METRICS_PORT: c.metrics ? '0' : 'off' },
       idPrefix: c.controllerId,
       logger: this.log,
       killAfterMs,
@@ -308,6 +320,7 @@ export class Controller implements ControllerApi {
       );
     });
     this.fleet.on('change', () => void this.saveProcesses());
+    this.fleet.on('restart', () => this.metrics.restarted('worker'));
     this.gateway = new Supervised({
       name: 'gateway',
       module: entry('@llmux/gateway'),
@@ -315,6 +328,7 @@ export class Controller implements ControllerApi {
       logger: this.log,
       killAfterMs,
     });
+    this.gateway.on('restart', () => this.metrics.restarted('gateway'));
     this.gateway.start();
   }
 

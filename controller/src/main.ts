@@ -2,6 +2,7 @@ import { ConfigError, createLogger, loadControllerConfig } from '@llmux/shared';
 import { readAdminTls, startAdminServer, type AdminServer } from './admin/server.js';
 import { Controller } from './controller.js';
 import { ensureRedis, type EmbeddedRedis } from './local/embedded-redis.js';
+import { startMetricsServer, type MetricsServer } from './metrics.js';
 
 /**
  * Entrypoint of the controller and of `npm start`. In local mode it runs the
@@ -18,6 +19,7 @@ async function main(): Promise<void> {
   }
   const controller = new Controller({ config, redisUrl, logger });
   let admin: AdminServer | null = null;
+  let metrics: MetricsServer | null = null;
 
   let stopping: Promise<void> | null = null;
   const stop = (signal: string) => {
@@ -26,6 +28,7 @@ async function main(): Promise<void> {
     stopping = (async () => {
       await controller.close().catch(() => {});
       await admin?.close().catch(() => {});
+      await metrics?.close().catch(() => {});
       await embedded?.stop().catch(() => {});
     })().then(
       () => process.exit(0),
@@ -46,9 +49,26 @@ async function main(): Promise<void> {
         logger,
       });
     }
+    if (config.metrics) {
+      const { host, port } = config.metrics;
+      try {
+        metrics = await startMetricsServer({
+          host,
+          port,
+          registry: controller.metrics.registry,
+          beforeScrape: () => controller.metrics.refresh(),
+        });
+        logger.info({ port: metrics.port }, `metrics at ${metrics.url}`);
+      } catch (err) {
+        // A busy machine (another llmux, a node exporter on 9465) must not stop the start.
+        logger.warn({ err: (err as Error).message, host, port }, 'cannot serve /metrics (METRICS_PORT); going on without it');
+      }
+    }
     const printReady = async () => {
       if (config.mode !== 'local') {
-        process.stdout.write(`llmux controller ${controller.id} leads (cluster mode; admin ${admin?.address ?? 'off'})\n`);
+        process.stdout.write(
+          `llmux controller ${controller.id} leads (cluster mode; admin ${admin?.address ?? 'off'}; metrics ${metrics?.url ?? 'off'})\n`,
+        );
         return;
       }
       const url = await controller.localReady();
@@ -58,7 +78,8 @@ async function main(): Promise<void> {
       process.stdout.write(
         `llmux ready at ${url} (models: ${models.join(', ')}; redis: ${redisUrl}; admin: ${admin?.address ?? 'off'})\n` +
           `  try: curl -N ${url}/v1/chat/completions -d '${body}'\n` +
-          `   or: curl -N ${url}/v1/chat/${model} -d 'Once upon a time'\n`,
+          `   or: curl -N ${url}/v1/chat/${model} -d 'Once upon a time'\n` +
+          (metrics ? `  metrics: ${metrics.url} (gateway: ${url}/metrics)\n` : ''),
       );
     };
     const role = await controller.start(admin?.address ?? null);
@@ -76,6 +97,7 @@ async function main(): Promise<void> {
     process.stderr.write(`llmux failed to start: ${msg}\n`);
     await controller.close().catch(() => {});
     await admin?.close().catch(() => {});
+    await metrics?.close().catch(() => {});
     await embedded?.stop().catch(() => {});
     process.exit(1);
   }

@@ -8,6 +8,7 @@ import {
   ConfigError,
   createBlockingRedis,
   createRedis,
+  createRegistry,
   decodeJob,
   deferred,
   delay,
@@ -19,6 +20,9 @@ import {
   RequestLog,
   RequestQueue,
   settleWithin,
+  timeRedis,
+  Tracing,
+  WorkerMetrics,
   WorkerRegistry,
   type Deferred,
   type Deployment,
@@ -28,13 +32,16 @@ import {
   type StreamEntries,
   type WorkerConfig,
   type WorkerStatus,
+  type WORKER_OUTCOMES,
 } from '@llmux/shared';
 import { createEngine, type Engine } from './engines/index.js';
 import type { Resume } from './engines/types.js';
 import { ReplicaSet } from './engines/replicas.js';
 import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
+import { traceAttempt } from './trace.js';
 import { ControlWorker } from './control.js';
+import { startMetricsServer, TimedRequestLog, TimedRequestQueue, type MetricsServer } from './metrics.js';
 
 export type AgentState = WorkerStatus['state'];
 
@@ -69,6 +76,9 @@ interface Slot {
   /** Being unloaded: claims nothing more. */
   closing: boolean;
 }
+
+/** How an attempt ended (`llmux_worker_requests_total`). */
+type WorkerOutcome = (typeof WORKER_OUTCOMES)[number];
 
 /** Why a running request was aborted. */
 type AbortReason = 'cancelled' | 'deadline' | 'shutdown' | 'fenced';
@@ -123,6 +133,11 @@ export class WorkerAgent extends EventEmitter {
   private busySince = Date.now();
   private closing: Promise<void> | null = null;
   private readonly logger: Logger;
+  /** Prometheus metrics of this agent, served on `/metrics` (see docs/metrics.md). */
+  readonly metrics: WorkerMetrics;
+  /** OpenTelemetry tracing (no-op unless an OTLP endpoint is configured). */
+  private readonly tracing: Tracing;
+  private metricsServer: MetricsServer | null = null;
 
   constructor(private readonly opts: WorkerAgentOptions) {
     super();
@@ -130,10 +145,12 @@ export class WorkerAgent extends EventEmitter {
     this.id = c.workerId;
     this.logger = opts.logger.child({ worker: this.id });
     this.keys = new Keys(c.keyPrefix);
+    this.metrics = new WorkerMetrics(createRegistry('worker', this.id));
+    this.tracing = Tracing.start(opts.config.tracing, 'worker', this.id);
     this.redis = createRedis(c.redisUrl, { name: `worker:${this.id}` });
     this.sub = createRedis(c.redisUrl, { name: `worker:${this.id}:sub` });
-    this.queue = new RequestQueue(this.redis, this.keys);
-    this.log = new RequestLog(this.redis, this.keys, c.replyStreamMaxLen);
+    this.queue = new TimedRequestQueue(this.redis, this.keys, this.metrics.redisLatency);
+    this.log = new TimedRequestLog(this.redis, this.keys, c.replyStreamMaxLen, this.metrics.redisLatency);
     this.cancellation = new Cancellation(this.redis, this.keys);
     this.workers = new WorkerRegistry(this.redis, this.keys);
     this.flusher = new Flusher(c.flushIntervalMs);
@@ -150,6 +167,8 @@ export class WorkerAgent extends EventEmitter {
   /** Connects, starts an engine per served deployment, takes back its own leftovers, then starts claiming. */
   async start(): Promise<void> {
     const c = this.opts.config;
+    // First, so a readiness probe gets 503 (not a refused connection) while the engines load.
+    if (c.metrics) await this.startMetrics(c.metrics);
     await Promise.all([this.redis.connect(), this.sub.connect()]);
     const published = await new DeploymentRegistry(this.redis, this.keys).load();
     const names = c.models ?? [...published.keys()];
@@ -179,6 +198,38 @@ export class WorkerAgent extends EventEmitter {
       slot.loop = this.claimLoop(slot);
     }
     this.control = new ControlWorker(this, c.redisUrl, this.keys.controlQueue(this.id), this.logger);
+  }
+
+  /** Starts `/metrics` and `/healthz`; fails the start when the port cannot be bound. */
+  private async startMetrics(at: { host: string; port: number }): Promise<void> {
+    try {
+      this.metricsServer = await startMetricsServer({
+        host: at.host,
+        port: at.port,
+        registry: this.metrics.registry,
+        beforeScrape: () => this.collectSlots(),
+        health: () => ({ ready: this.state === 'ready', status: this.state }),
+      });
+    } catch (err) {
+      throw new ConfigError(`cannot serve metrics on ${at.host}:${at.port} (METRICS_PORT): ${(err as Error).message}`);
+    }
+    this.logger.info({ port: this.metricsServer.port }, `metrics at ${this.metricsServer.url}`);
+  }
+
+  /** The metrics server's port, null when it runs none. */
+  get metricsPort(): number | null {
+    return this.metricsServer?.port ?? null;
+  }
+
+  /** Sets the gauges read at scrape time: each served model's running requests and slots, exact now. */
+  private collectSlots(): void {
+    const { running, capacity } = this.metrics;
+    running.reset();
+    capacity.reset();
+    for (const s of this.slots.values()) {
+      running.set({ model: s.model }, s.inflight);
+      capacity.set({ model: s.model }, s.engine.capacity);
+    }
   }
 
   /**
@@ -279,6 +330,7 @@ export class WorkerAgent extends EventEmitter {
       if (!this.slots.has(n)) throw new ConfigError(`this worker does not serve "${n}"`);
       await this.unloadModel(n);
       await this.loadModel(n);
+      this.metrics.engineRestarts.inc({ model: n });
     }
   }
 
@@ -289,7 +341,10 @@ export class WorkerAgent extends EventEmitter {
     engine.on('spawn', (e: object) => log.info(e, 'engine process started'));
     engine.on('ready', (e: object) => log.info(e, 'engine ready'));
     engine.on('exit', (e: object) => log.warn(e, 'engine process exited'));
-    engine.on('restart', (e: object) => log.warn(e, 'engine restart scheduled'));
+    engine.on('restart', (e: object) => {
+      log.warn(e, 'engine restart scheduled');
+      this.metrics.engineRestarts.inc({ model });
+    });
     engine.on('error', (err: unknown) => log.warn({ err }, 'engine error'));
   }
 
@@ -319,6 +374,7 @@ export class WorkerAgent extends EventEmitter {
       busySlotMs: Math.round(this.busySlotMs),
       startedAt: this.startedAt,
       at: Date.now(),
+      metricsPort: this.metricsPort,
     };
   }
 
@@ -332,7 +388,9 @@ export class WorkerAgent extends EventEmitter {
 
   private async heartbeat(): Promise<void> {
     try {
-      await this.workers.beat(this.status(), this.opts.config.heartbeatTtlMs);
+      await timeRedis(this.metrics.redisLatency, 'heartbeat', () =>
+        this.workers.beat(this.status(), this.opts.config.heartbeatTtlMs),
+      );
       for (const slot of this.slots.values()) this.publishLoad(slot, true);
     } catch (err) {
       this.logger.warn({ err }, 'heartbeat failed');
@@ -526,6 +584,7 @@ export class WorkerAgent extends EventEmitter {
     for (const [entryId, fields] of entries) {
       if (slot.running.has(entryId)) continue; // ours and running: only its idle time was reset
       this.logger.info({ model: slot.model, entryId, from: consumer }, 'request taken over');
+      this.metrics.reclaims.inc({ model: slot.model });
       this.startRun(slot, entryId, fields, true);
     }
   }
@@ -543,6 +602,7 @@ export class WorkerAgent extends EventEmitter {
       return;
     }
     const log = this.logger.child({ rid: job.rid, model, tenant: job.tenant, priority: job.priority });
+    const trace = traceAttempt(this.tracing, job, this.id, takeover);
     const token = `${this.id}:${randomBytes(6).toString('base64url')}`;
     const retainMs = job.retainMs || c.outputRetentionMs;
     const ttlMs = Math.max(0, job.deadline - Date.now()) + retainMs;
@@ -560,6 +620,8 @@ export class WorkerAgent extends EventEmitter {
       onFenced: () => ctl.abort('fenced' satisfies AbortReason),
     });
     let outcome: 'ack' | 'handback' | 'leave' = 'ack';
+    /** Counted once when the attempt settles; null: nothing ran (the request had already ended). */
+    let ended: WorkerOutcome | null = null;
     let deadlineTimer: NodeJS.Timeout | null = null;
     this.active.set(job.rid, active);
     try {
@@ -567,6 +629,7 @@ export class WorkerAgent extends EventEmitter {
       const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
       if (cancelled && begun.status !== 'done') {
         log.info('request cancelled before start');
+        ended = 'cancelled';
         await stream.fail(499, 'cancelled', CANCELLED_MESSAGE);
         return;
       }
@@ -576,24 +639,30 @@ export class WorkerAgent extends EventEmitter {
       }
       if (begun.status === 'exhausted') {
         log.warn({ attempts: begun.attempts }, 'request failed on every attempt');
+        ended = 'error';
         await stream.fail(503, 'max_attempts_exceeded', `The request failed on all ${c.maxAttempts} attempts; retry it later.`);
         return;
       }
+      if (begun.attempts === 1) this.metrics.queueTime.observe({ model }, Math.max(0, Date.now() - job.enqueuedAt) / 1000);
       const left = job.deadline - Date.now();
       if (left <= 0) {
+        ended = 'timeout';
         await stream.fail(504, 'deadline_exceeded', 'The request waited in the queue past its deadline.');
         return;
       }
       deadlineTimer = setTimeout(() => ctl.abort('deadline' satisfies AbortReason), left);
       const resume: Resume | undefined = begun.tokens > 0 || begun.text ? { text: begun.text, tokens: begun.tokens } : undefined;
+      if (begun.tokens > 0) this.metrics.migrations.inc({ model });
       if (resume || takeover)
         log.info({ attempt: begun.attempts, resumedTokens: begun.tokens, seq: begun.seq }, 'request resumed');
       else log.debug({ attempt: begun.attempts }, 'request started');
       const t0 = Date.now();
+      trace.generating(begun.attempts, begun.tokens);
       const result = await slot.engine.generate(
         job.params,
         (text, n) => {
           active.tokens += n;
+          this.metrics.generationTokens.inc({ model }, n);
           stream.push(text, n);
         },
         ctl.signal,
@@ -602,6 +671,7 @@ export class WorkerAgent extends EventEmitter {
       const completionTokens = begun.tokens + result.completionTokens;
       await stream.done(result.finishReason, result.promptTokens, completionTokens);
       if (stream.fenced) throw new AbortError();
+      ended = 'ok';
       log.info(
         {
           tokens: completionTokens,
@@ -618,12 +688,15 @@ export class WorkerAgent extends EventEmitter {
         // Another worker owns it now; its entry is that worker's to ack.
         stream.discard();
         outcome = 'leave';
+        ended = 'fenced';
         log.warn('request fenced: another worker took it over');
       } else if (err instanceof AbortError && reason === 'cancelled') {
         // The terminal event ends the request's log, for anyone replaying it later.
+        ended = 'cancelled';
         await stream.fail(499, 'cancelled', CANCELLED_MESSAGE).catch(() => {});
         log.info({ tokens: active.tokens }, 'request cancelled');
       } else if (err instanceof AbortError && reason === 'deadline') {
+        ended = 'timeout';
         await stream.fail(504, 'deadline_exceeded', 'The request ran past its deadline.').catch(() => {});
       } else if ((err instanceof AbortError && reason === 'shutdown') || err instanceof EngineUnavailableError) {
         // Not the request's fault: flush what was generated, then give it to another attempt.
@@ -631,11 +704,14 @@ export class WorkerAgent extends EventEmitter {
         await stream.settled();
         stream.discard();
         outcome = stream.fenced ? 'leave' : 'handback';
+        ended = stream.fenced ? 'fenced' : 'handed_back';
         log.warn({ tokens: active.tokens, reason: reason ?? (err as Error).message }, 'request handed back');
       } else if (err instanceof PromptTooLongError) {
+        ended = 'error';
         await stream.fail(400, 'context_length_exceeded', err.message).catch(() => {});
       } else {
         log.error({ err }, 'request failed');
+        ended = 'error';
         await stream.fail(500, 'engine_error', `The engine failed: ${(err as Error).message}`).catch((e: unknown) => {
           log.error({ err: e }, 'could not send the error event');
         });
@@ -644,6 +720,8 @@ export class WorkerAgent extends EventEmitter {
       if (deadlineTimer) clearTimeout(deadlineTimer);
       this.active.delete(job.rid);
       await this.finish(slot, entryId, outcome, fields);
+      if (ended) this.metrics.finished.inc({ model, outcome: ended });
+      trace.end(ended ?? 'ended', active.tokens);
     }
   }
 
@@ -651,8 +729,10 @@ export class WorkerAgent extends EventEmitter {
   private async finish(slot: Slot, entryId: string, outcome: 'ack' | 'handback' | 'leave', fields?: string[]): Promise<void> {
     try {
       if (outcome === 'ack') await this.queue.ack(slot.model, entryId);
-      else if (outcome === 'handback' && (await this.queue.handBack(slot.model, entryId, this.id, fields!)) === null) {
-        this.logger.warn({ model: slot.model, entryId }, 'hand-back skipped: another worker holds the entry now');
+      else if (outcome === 'handback') {
+        if ((await this.queue.handBack(slot.model, entryId, this.id, fields!)) === null) {
+          this.logger.warn({ model: slot.model, entryId }, 'hand-back skipped: another worker holds the entry now');
+        } else this.metrics.handbacks.inc({ model: slot.model });
       }
     } catch (err) {
       // The entry stays pending under this worker; a takeover (ours after a restart, or a peer's) finishes it.
@@ -705,9 +785,11 @@ export class WorkerAgent extends EventEmitter {
     this.flusher.close();
     await step('deregister', () => this.workers.remove(this.id), 1000);
     for (const slot of this.slots.values()) await step('close engine', () => slot.engine.close());
+    await step('export traces', () => this.tracing.shutdown(), 2000);
     await step('quit redis', () => Promise.all([this.redis.quit(), this.sub.quit()]), 1000);
     this.redis.disconnect();
     this.sub.disconnect();
     this.setState('stopped');
+    await step('close metrics', () => this.metricsServer?.close(), 1000);
   }
 }

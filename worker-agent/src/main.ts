@@ -35,8 +35,14 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const status = agent.status();
-  logger.info({ models: status.models, capacity: status.capacity }, 'worker agent ready');
-  process.send?.({ type: 'ready', component: 'worker-agent', id: agent.id, models: status.models });
+  logger.info({ models: status.models, capacity: status.capacity, metricsPort: status.metricsPort }, 'worker agent ready');
+  process.send?.({
+    type: 'ready',
+    component: 'worker-agent',
+    id: agent.id,
+    models: status.models,
+    metricsPort: status.metricsPort,
+  });
 }
 
 void main();

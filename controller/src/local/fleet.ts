@@ -40,7 +40,8 @@ const safe = (s: string) => s.replace(/[^A-Za-z0-9_.-]/g, '_');
  * process per replica of each model (WORKER_MODELS=<model>). Worker ids are
  * stable per slot (`<prefix>-<model>-<n>`), so a restarted worker takes back
  * what its previous run left pending. Emits `exit` (id, code, signal),
- * `ready` (id), `crash-loop` (id) and `change`.
+ * `ready` (id), `restart` (id: the supervisor restarts it), `crash-loop` (id)
+ * and `change`.
  */
 export class LocalFleet extends EventEmitter {
   private readonly members = new Map<string, Member>();
@@ -87,6 +88,7 @@ export class LocalFleet extends EventEmitter {
       this.emit('exit', { id, model, ...e });
       this.emit('change');
     });
+    proc.on('restart', () => this.emit('restart', { id, model }));
     proc.on('ready', () => {
       this.emit('ready', { id, model });
       this.emit('change');

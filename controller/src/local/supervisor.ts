@@ -31,7 +31,9 @@ export interface ReadyMessage {
 /**
  * Runs one child process and restarts it with exponential backoff when it
  * exits on its own. The child reports readiness over IPC; it exits when the
- * IPC channel closes, so it does not outlive this process.
+ * IPC channel closes, so it does not outlive this process. Emits `state`,
+ * `ready`, `exit` (an exit not asked for by stop()), `restart` (a restart is
+ * scheduled after such an exit) and `crash-loop`.
  */
 export class Supervised extends EventEmitter {
   state: ChildState = 'stopped';
@@ -112,6 +114,7 @@ export class Supervised extends EventEmitter {
     const wait = backoffMs(this.attempt++, 500, 30_000);
     this.restarts++;
     this.opts.logger.error({ child: this.opts.name, code, signal, restartInMs: wait }, 'child exited; restarting');
+    this.emit('restart', { code, signal, restartInMs: wait });
     this.setState('backoff');
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;

@@ -52,6 +52,12 @@ export interface WorkerStatus {
   startedAt: number;
   /** Heartbeat time, ms since epoch. */
   at: number;
+  /**
+   * Port of the agent's HTTP server (`/metrics`, `/healthz`) on `host`; null
+   * when it runs none (`METRICS_PORT=off`). Absent in statuses written by
+   * agents older than the field: read it as unknown.
+   */
+  metricsPort?: number | null;
 }
 
 /** Worker heartbeats: a sorted set of last-beat times plus a status key with a TTL. */
