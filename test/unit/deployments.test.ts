@@ -219,6 +219,7 @@ describe('environment: loadWorkerConfig', () => {
       replyStreamMaxLen: 100_000,
       metrics: { host: '127.0.0.1', port: 0 },
       tracing: null,
+      logRequestContent: false,
     });
   });
 

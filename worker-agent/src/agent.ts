@@ -657,12 +657,15 @@ export class WorkerAgent extends EventEmitter {
         log.info({ attempt: begun.attempts, resumedTokens: begun.tokens, seq: begun.seq }, 'request resumed');
       else log.debug({ attempt: begun.attempts }, 'request started');
       const t0 = Date.now();
+      // Prompts and completions are logged only when the operator asked for it (LOG_REQUEST_CONTENT).
+      let content: string | null = c.logRequestContent ? begun.text : null;
       trace.generating(begun.attempts, begun.tokens);
       const result = await slot.engine.generate(
         job.params,
         (text, n) => {
           active.tokens += n;
           this.metrics.generationTokens.inc({ model }, n);
+          if (content !== null) content += text;
           stream.push(text, n);
         },
         ctl.signal,
@@ -679,6 +682,7 @@ export class WorkerAgent extends EventEmitter {
           waitMs: t0 - job.enqueuedAt,
           finish: result.finishReason,
           attempt: begun.attempts,
+          ...(content !== null ? { prompt: job.params.messages ?? job.params.prompt, completion: content } : {}),
         },
         'request done',
       );

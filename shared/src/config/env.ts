@@ -113,6 +113,11 @@ const workerEnv = z.object({
   DRAIN_TIMEOUT_MS: int(30_000, 0),
   /** Approximate cap on each reply stream's length. Default 100000 entries. */
   REPLY_STREAM_MAXLEN: int(100_000, 100),
+  /** Log each request's prompt and completion with its `request done` line. Off by default: they are never logged otherwise. */
+  LOG_REQUEST_CONTENT: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
   /** Port of the agent's HTTP server (`/metrics`, `/healthz`); 0 picks a free one (logged, and in the worker status); `off` disables it. Default 0. */
   METRICS_PORT: z.union([z.literal('off'), z.coerce.number().int().min(0).max(65535)]).default(0),
   /** Bind address of that server. Default 127.0.0.1 (containers set 0.0.0.0). */
@@ -224,6 +229,7 @@ export interface WorkerConfig extends CommonConfig {
   replyStreamMaxLen: number;
   /** null: no HTTP server. */
   metrics: { host: string; port: number } | null;
+  logRequestContent: boolean;
 }
 
 export interface ControllerConfig extends CommonConfig {
@@ -298,6 +304,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
     replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
     metrics: e.METRICS_PORT === 'off' ? null : { host: e.METRICS_HOST, port: e.METRICS_PORT },
+    logRequestContent: e.LOG_REQUEST_CONTENT,
   };
 }
 
