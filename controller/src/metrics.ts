@@ -84,11 +84,25 @@ export class FleetGauges {
           pending: depth.pending,
           desired: Number(desired[d.name] ?? d.replicas.min),
           live: live.filter((w) => w.state === 'ready' && w.models.includes(d.name)).length,
+          ttftSlo: d.slo?.ttftP95Ms,
+          itlSlo: d.slo?.itlP95Ms,
+          maxQueue: d.maxQueue,
         };
       }),
     );
     const m = this.metrics;
-    for (const g of [m.queueDepth, m.queueLag, m.queuePending, m.desiredReplicas, m.liveWorkers]) g.reset();
+    for (const g of [
+      m.queueDepth,
+      m.queueLag,
+      m.queuePending,
+      m.desiredReplicas,
+      m.liveWorkers,
+      m.sloTtft,
+      m.sloItl,
+      m.maxQueue,
+    ]) {
+      g.reset();
+    }
     for (const r of rows) {
       const model = { model: r.model };
       m.queueDepth.set(model, r.depth);
@@ -96,6 +110,10 @@ export class FleetGauges {
       m.queuePending.set(model, r.pending);
       m.desiredReplicas.set(model, r.desired);
       m.liveWorkers.set(model, r.live);
+      m.maxQueue.set(model, r.maxQueue);
+      // Objectives are exported only for deployments that declare them, so alert rules match only those.
+      if (r.ttftSlo !== undefined) m.sloTtft.set(model, r.ttftSlo / 1000);
+      if (r.itlSlo !== undefined) m.sloItl.set(model, r.itlSlo / 1000);
     }
     m.isLeader.set(this.o.isLeader() ? 1 : 0);
   }

@@ -204,8 +204,24 @@ export class ControllerMetrics {
   readonly workerRestarts;
   readonly isLeader;
   readonly redisLatency;
+  readonly sloTtft;
+  readonly sloItl;
+  readonly maxQueue;
 
   constructor(readonly registry: client.Registry) {
+    this.sloTtft = gauge(
+      registry,
+      'llmux_slo_ttft_p95_seconds',
+      "The deployment's TTFT objective at p95 (slo.ttftP95Ms), for alert rules to compare against.",
+      ['model'],
+    );
+    this.sloItl = gauge(
+      registry,
+      'llmux_slo_itl_p95_seconds',
+      "The deployment's inter-token latency objective at p95 (slo.itlP95Ms).",
+      ['model'],
+    );
+    this.maxQueue = gauge(registry, 'llmux_queue_limit', "The deployment's maxQueue: past it requests get 429.", ['model']);
     this.queueDepth = gauge(
       registry,
       'llmux_queue_depth',
