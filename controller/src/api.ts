@@ -11,6 +11,32 @@ export interface WorkerInfo {
   process: { pid: number | null; state: string; restarts: number; lastExit: string | null } | null;
 }
 
+/**
+ * A process a local-mode controller supervises (the gateway or a worker
+ * agent), from the process table in Redis.
+ */
+export interface ProcessInfo {
+  kind: 'gateway' | 'worker';
+  /** `<controller id>-gateway`, or the worker's id. */
+  id: string;
+  /** The deployment a worker serves; null for the gateway. */
+  model: string | null;
+  /** Null while no process runs (backoff, crash loop, stopped). */
+  pid: number | null;
+  /** starting, ready, backoff, crashloop, stopping or stopped. */
+  state: string;
+  /** Restarts since the controller started it first. */
+  restarts: number;
+  /** How its last run ended (`exit code 1`, `signal SIGKILL`, `health check failed (3 x timeout)`); null if it has not exited. */
+  lastExit: string | null;
+  /** When the last run ended, ms since the epoch. */
+  lastExitAt: number | null;
+  /** When the running process started, ms since the epoch; null while none runs. */
+  startedAt: number | null;
+  /** How long the running process has run, as the answering controller reckons it; null while none runs. */
+  uptimeMs: number | null;
+}
+
 /** One model's scaling picture. */
 export interface ModelScale {
   model: string;
@@ -33,6 +59,8 @@ export type ClusterEventKind =
   | 'worker-dead'
   | 'worker-restarted'
   | 'crash-loop'
+  | 'gateway-up'
+  | 'gateway-restarted'
   | 'requests-handed-over'
   | 'scaled'
   | 'draining'
@@ -67,6 +95,8 @@ export interface ControllerApi {
   leader(): Promise<{ id: string; adminAddress: string | null } | null>;
   listDeployments(): Promise<Deployment[]>;
   listWorkers(): Promise<WorkerInfo[]>;
+  /** Local mode: the processes the leader supervises (gateway first, then workers by id); empty in cluster mode. */
+  listProcesses(): Promise<ProcessInfo[]>;
   listScale(): Promise<ModelScale[]>;
   /** Validates and applies a deployments document (as the file would hold it). */
   applyDeployments(doc: unknown): Promise<ApplyResult>;

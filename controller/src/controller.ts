@@ -29,6 +29,7 @@ import {
   type ClusterEvent,
   type ControllerApi,
   type ModelScale,
+  type ProcessInfo,
   type WorkerInfo,
 } from './api.js';
 import { Autoscaler } from './autoscaler.js';
@@ -36,6 +37,7 @@ import { ControlJobs } from './control-jobs.js';
 import { EventLog } from './events.js';
 import { currentLeader, LeaderLease } from './leader.js';
 import { LocalFleet, type ProcessRecord } from './local/fleet.js';
+import { probeHttp, probeTimeoutMs } from './local/health.js';
 import { Supervised, type ReadyMessage } from './local/supervisor.js';
 import { FleetGauges } from './metrics.js';
 
@@ -307,9 +309,9 @@ export class Controller implements ControllerApi {
       crashLoopWindowMs: c.crashLoopWindowMs,
     });
     // Each event is recorded after the process table in Redis shows it, so a watcher that sees the event reads a current table.
-    this.fleet.on('exit', (e: { id: string; code: number | null; signal: string | null }) => {
+    this.fleet.on('exit', (e: { id: string; reason: string }) => {
       // Hand its requests back now: no need to wait for its heartbeat to lapse.
-      void this.saveProcesses().then(() => this.handOver(e.id, `exited (${e.signal ?? `code ${e.code}`})`));
+      void this.saveProcesses().then(() => this.handOver(e.id, `exited (${e.reason})`));
     });
     this.fleet.on('ready', (e: { id: string }) => {
       void this.saveProcesses().then(() => this.events.record('worker-up', e.id, `worker ${e.id} is ready`));
@@ -321,15 +323,46 @@ export class Controller implements ControllerApi {
     });
     this.fleet.on('change', () => void this.saveProcesses());
     this.fleet.on('restart', () => this.metrics.restarted('worker'));
-    this.gateway = new Supervised({
+    const timeoutMs = probeTimeoutMs(c.gatewayHealthIntervalMs);
+    const gateway = new Supervised({
       name: 'gateway',
       module: entry('@llmux/gateway'),
       env: { ...childEnv, PORT: String(c.port), HOST: c.host },
       logger: this.log,
       killAfterMs,
+      crashLoopExits: c.crashLoopExits,
+      crashLoopWindowMs: c.crashLoopWindowMs,
+      // A gateway that exits is restarted; one that hangs (stopped, event loop stuck) is found by this probe.
+      health: {
+        probe: (ready) => probeHttp(`${String(ready.url)}/healthz`, timeoutMs),
+        intervalMs: c.gatewayHealthIntervalMs,
+        failures: c.gatewayHealthFailures,
+      },
     });
-    this.gateway.on('restart', () => this.metrics.restarted('gateway'));
-    this.gateway.start();
+    this.gateway = gateway;
+    const id = this.gatewayId;
+    gateway.on('state', () => void this.saveProcesses());
+    gateway.on('ready', (m: ReadyMessage) => {
+      void this.saveProcesses().then(() => this.events.record('gateway-up', id, `gateway is ready at ${String(m.url)}`));
+    });
+    // Counted once per restart, whatever ended the run (an exit, or the health check's SIGKILL).
+    gateway.on('restart', (e: { reason: string; restartInMs: number }) => {
+      this.metrics.restarted('gateway');
+      void this.saveProcesses().then(() =>
+        this.events.record('gateway-restarted', id, `gateway ended (${e.reason}); restarting in ${e.restartInMs} ms`),
+      );
+    });
+    gateway.on('crash-loop', () => {
+      void this.saveProcesses().then(() =>
+        this.events.record('crash-loop', id, 'the gateway keeps crashing; restarts stopped until the controller is restarted'),
+      );
+    });
+    gateway.start();
+  }
+
+  /** The local gateway's id in the process table. */
+  private get gatewayId(): string {
+    return `${this.o.config.controllerId}-gateway`;
   }
 
   /**
@@ -360,9 +393,11 @@ export class Controller implements ControllerApi {
     return String(gw.url);
   }
 
+  /** Writes the process table (`<p>:controller:processes`): the gateway's record and each worker's. */
   private async saveProcesses(): Promise<void> {
-    if (!this.fleet) return;
-    const recs = this.fleet.records();
+    if (!this.fleet && !this.gateway) return;
+    const recs: ProcessRecord[] = this.fleet?.records() ?? [];
+    if (this.gateway) recs.unshift({ kind: 'gateway', id: this.gatewayId, model: null, ...this.gateway.snapshot() });
     const tx = this.redis.multi().del(this.keys.localProcesses());
     for (const r of recs) tx.hset(this.keys.localProcesses(), r.id, JSON.stringify(r));
     await tx.exec().catch(() => {});
@@ -470,11 +505,34 @@ export class Controller implements ControllerApi {
     for (const id of registered) if (!byId.has(id)) byId.set(id, { id, alive: false, status: null, process: null });
     for (const [id, json] of Object.entries(procs)) {
       const r = JSON.parse(json) as ProcessRecord;
+      if (r.kind === 'gateway') continue;
       const info = byId.get(id) ?? { id, alive: false, status: null as WorkerStatus | null, process: null };
       info.process = { pid: r.pid, state: r.state, restarts: r.restarts, lastExit: r.lastExit };
       byId.set(id, info);
     }
     return [...byId.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  async listProcesses(): Promise<ProcessInfo[]> {
+    const raw = await this.redis.hgetall(this.keys.localProcesses());
+    const now = Date.now();
+    const out = Object.entries(raw).map(([id, json]): ProcessInfo => {
+      const r = JSON.parse(json) as Partial<ProcessRecord>;
+      const startedAt = r.pid != null && typeof r.startedAt === 'number' ? r.startedAt : null;
+      return {
+        kind: r.kind === 'gateway' ? 'gateway' : 'worker',
+        id,
+        model: r.model ?? null,
+        pid: r.pid ?? null,
+        state: r.state ?? 'unknown',
+        restarts: r.restarts ?? 0,
+        lastExit: r.lastExit ?? null,
+        lastExitAt: r.lastExitAt ?? null,
+        startedAt,
+        uptimeMs: startedAt === null ? null : Math.max(0, now - startedAt),
+      };
+    });
+    return out.sort((a, b) => (a.kind === b.kind ? a.id.localeCompare(b.id) : a.kind === 'gateway' ? -1 : 1));
   }
 
   async listScale(): Promise<ModelScale[]> {

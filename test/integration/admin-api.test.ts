@@ -23,7 +23,7 @@ import { freePort } from '@llmux/controller';
 import type * as ApiModule from '../../controller/src/api.js';
 import type * as ServerModule from '../../controller/src/admin/server.js';
 import type * as ClientModule from '../../controller/src/admin/client.js';
-import type { ApplyResult, ClusterEvent, ControllerApi, ModelScale, WorkerInfo } from '../../controller/src/api.js';
+import type { ApplyResult, ClusterEvent, ControllerApi, ModelScale, ProcessInfo, WorkerInfo } from '../../controller/src/api.js';
 
 /**
  * The admin API end to end over real gRPC on loopback: the server, the typed
@@ -84,6 +84,7 @@ const WORKERS: WorkerInfo[] = [
       busySlotMs: 12345.5,
       startedAt: 1_700_000_000_000,
       at: 1_700_000_001_234,
+      metricsPort: 9464,
     },
     process: { pid: 101, state: 'ready', restarts: 2, lastExit: 'code 1' },
   },
@@ -127,6 +128,32 @@ class StandInController implements ControllerApi {
   scales: ModelScale[] = [
     { model: 'alpha', desired: 2, live: 1, min: 1, max: 4, queued: 7, pending: 3 },
     { model: 'beta', desired: 1, live: 1, min: 1, max: 1, queued: 0, pending: 0 },
+  ];
+  processes: ProcessInfo[] = [
+    {
+      kind: 'gateway',
+      id: 'ctl-a-gateway',
+      model: null,
+      pid: 99,
+      state: 'ready',
+      restarts: 1,
+      lastExit: 'health check failed (3 x timeout)',
+      lastExitAt: 1_700_000_000_900,
+      startedAt: 1_700_000_001_000,
+      uptimeMs: 3_723_000,
+    },
+    {
+      kind: 'worker',
+      id: 'ctl-a-alpha-0',
+      model: 'alpha',
+      pid: null,
+      state: 'backoff',
+      restarts: 3,
+      lastExit: 'signal SIGKILL',
+      lastExitAt: 1_700_000_002_000,
+      startedAt: null,
+      uptimeMs: null,
+    },
   ];
   drained: string[] = [];
   restarted: string[] = [];
@@ -185,6 +212,9 @@ class StandInController implements ControllerApi {
       throw err;
     }
     return this.workers;
+  }
+  async listProcesses() {
+    return this.processes;
   }
   async listScale() {
     return this.scales;
@@ -348,6 +378,10 @@ describe('admin API and llmctl', function () {
 
     it('ListScale', async () => {
       expect(await client.listScale()).to.deep.equal(api.scales);
+    });
+
+    it('ListProcesses, running and not', async () => {
+      expect(await client.listProcesses()).to.deep.equal(api.processes);
     });
 
     it('ApplyDeployments, from an object and from JSON text', async () => {
@@ -715,6 +749,7 @@ describe('admin API and llmctl', function () {
         'MODELS',
         'LOAD',
         'ENGINES',
+        'METRICS PORT',
         'RESTARTS',
         'LAST EXIT',
       ]);
@@ -725,6 +760,8 @@ describe('admin API and llmctl', function () {
       expect(at(row('w1'), 'MODELS')).to.equal('alpha,beta');
       expect(at(row('w1'), 'LOAD')).to.equal('3/8');
       expect(at(row('w1'), 'ENGINES')).to.equal('alpha=ready,beta=starting');
+      expect(at(row('w1'), 'METRICS PORT')).to.equal('9464');
+      expect(at(row('w3'), 'METRICS PORT')).to.equal('-');
       expect(at(row('w1'), 'RESTARTS')).to.equal('2');
       expect(at(row('w1'), 'LAST EXIT')).to.equal('code 1');
       expect(at(row('w2-with-a-long-id'), 'ALIVE')).to.equal('no');

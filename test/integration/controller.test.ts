@@ -168,7 +168,7 @@ describe('controller', function () {
     const url = /at (\S+) /.exec(String(ready.msg))![1]!;
     const s = await openStream(url, 'sim', 5, 'Tell me');
     expect((await s.body).includes('[DONE]')).to.equal(true);
-    expect([...(await processes()).keys()]).to.deep.equal(['c2-sim-0']);
+    expect([...(await processes()).keys()].sort()).to.deep.equal(['c2-gateway', 'c2-sim-0']);
     expect(standby.logs.filter(event('leader', 'c2'))).to.have.length(1);
   });
 

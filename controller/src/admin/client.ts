@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { ApiKeyRecord, CreatedApiKey, Deployment, NewApiKey } from '@llmux/shared';
-import type { ApplyResult, ClusterEvent, ModelScale, WorkerInfo } from '../api.js';
+import type { ApplyResult, ClusterEvent, ModelScale, ProcessInfo, WorkerInfo } from '../api.js';
 import {
   adminService,
   apiKeyFromWire,
@@ -8,6 +8,7 @@ import {
   eventFromWire,
   LEADER_ADDRESS_KEY,
   newApiKeyToWire,
+  processFromWire,
   scaleFromWire,
   workerFromWire,
   type CreateApiKeyResponse,
@@ -15,6 +16,7 @@ import {
   type LeaderInfo,
   type ListApiKeysResponse,
   type ListDeploymentsResponse,
+  type ListProcessesResponse,
   type ListScaleResponse,
   type ListWorkersResponse,
   type ScaleResponse,
@@ -129,6 +131,12 @@ export class AdminClient {
   async listWorkers(): Promise<WorkerInfo[]> {
     const res = await this.call<ListWorkersResponse>('ListWorkers', {});
     return res.workers.map(workerFromWire);
+  }
+
+  /** Local mode: the gateway and worker processes the leader supervises. */
+  async listProcesses(): Promise<ProcessInfo[]> {
+    const res = await this.call<ListProcessesResponse>('ListProcesses', {});
+    return res.processes.map(processFromWire);
   }
 
   async listScale(): Promise<ModelScale[]> {

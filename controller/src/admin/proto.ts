@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import type { ApplyResult, ClusterEvent, ClusterEventKind, ModelScale, WorkerInfo } from '../api.js';
+import type { ApplyResult, ClusterEvent, ClusterEventKind, ModelScale, ProcessInfo, WorkerInfo } from '../api.js';
 import type { ApiKeyRecord, Deployment, NewApiKey, Priority, WorkerStatus } from '@llmux/shared';
 
 /**
@@ -60,6 +60,7 @@ export interface WireWorkerStatus {
   busySlotMs: number;
   startedAt: number;
   at: number;
+  metricsPort?: number | null;
 }
 export interface WireWorkerProcess {
   pid?: number | null;
@@ -72,6 +73,18 @@ export interface WireWorkerInfo {
   alive: boolean;
   status: WireWorkerStatus | null;
   process: WireWorkerProcess | null;
+}
+export interface WireLocalProcess {
+  kind: string;
+  id: string;
+  model: string;
+  pid?: number | null;
+  state: string;
+  restarts: number;
+  lastExit?: string | null;
+  lastExitAt?: number | null;
+  startedAt?: number | null;
+  uptimeMs?: number | null;
 }
 export interface WireModelScale {
   model: string;
@@ -110,6 +123,9 @@ export interface ListDeploymentsResponse {
 }
 export interface ListWorkersResponse {
   workers: WireWorkerInfo[];
+}
+export interface ListProcessesResponse {
+  processes: WireLocalProcess[];
 }
 export interface ListScaleResponse {
   models: WireModelScale[];
@@ -198,9 +214,42 @@ export function workerFromWire(w: WireWorkerInfo): WorkerInfo {
           busySlotMs: s.busySlotMs,
           startedAt: s.startedAt,
           at: s.at,
+          // Absent stays absent (not null), as a heartbeat without a port has no field.
+          ...(s.metricsPort != null ? { metricsPort: s.metricsPort } : {}),
         }
       : null,
     process: p ? { pid: p.pid ?? null, state: p.state, restarts: p.restarts, lastExit: p.lastExit ?? null } : null,
+  };
+}
+
+/** Absent values (null) stay absent on the wire. */
+export function processToWire(p: ProcessInfo): WireLocalProcess {
+  return {
+    kind: p.kind,
+    id: p.id,
+    model: p.model ?? '',
+    pid: p.pid,
+    state: p.state,
+    restarts: p.restarts,
+    lastExit: p.lastExit,
+    lastExitAt: p.lastExitAt,
+    startedAt: p.startedAt,
+    uptimeMs: p.uptimeMs,
+  };
+}
+
+export function processFromWire(w: WireLocalProcess): ProcessInfo {
+  return {
+    kind: w.kind === 'gateway' ? 'gateway' : 'worker',
+    id: w.id,
+    model: w.model || null,
+    pid: w.pid ?? null,
+    state: w.state,
+    restarts: w.restarts,
+    lastExit: w.lastExit ?? null,
+    lastExitAt: w.lastExitAt ?? null,
+    startedAt: w.startedAt ?? null,
+    uptimeMs: w.uptimeMs ?? null,
   };
 }
 

@@ -11,6 +11,7 @@ import {
   eventToWire,
   LEADER_ADDRESS_KEY,
   newApiKeyFromWire,
+  processToWire,
   scaleToWire,
   workerToWire,
   type ApiKeyIdRequest,
@@ -22,6 +23,7 @@ import {
   type GetLeaderResponse,
   type ListApiKeysResponse,
   type ListDeploymentsResponse,
+  type ListProcessesResponse,
   type ListScaleResponse,
   type ListWorkersResponse,
   type ScaleRequest,
@@ -174,6 +176,9 @@ export async function startAdminServer(api: ControllerApi, opts: AdminServerOpti
     })),
     ListWorkers: unary<Empty, ListWorkersResponse>('ListWorkers', async () => ({
       workers: [...(await api.listWorkers())].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map(workerToWire),
+    })),
+    ListProcesses: unary<Empty, ListProcessesResponse>('ListProcesses', async () => ({
+      processes: (await api.listProcesses()).map(processToWire),
     })),
     ListScale: unary<Empty, ListScaleResponse>('ListScale', async () => ({
       models: (await api.listScale()).map(scaleToWire),

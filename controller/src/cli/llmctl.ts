@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { PRIORITIES, TENANT_NAME, type ApiKeyRecord, type Deployment, type NewApiKey, type Priority } from '@llmux/shared';
-import type { ClusterEvent, ModelScale, WorkerInfo } from '../api.js';
+import type { ClusterEvent, ModelScale, ProcessInfo, WorkerInfo } from '../api.js';
 import { AdminCallError, AdminClient, type AdminClientOptions } from '../admin/client.js';
 import { formatTable } from './table.js';
 
@@ -18,6 +18,7 @@ export const USAGE = `usage: llmctl <command> [options]
 commands:
   deployments                 list the deployments
   workers                     list the workers
+  processes                   list the local processes (gateway, workers): restarts, last exit, uptime
   scale [<model> [replicas]]  show the scale table (of one model), or set a model's desired replicas
   apply <file>                validate and apply a deployments file (- reads stdin)
   drain <worker>              drain a worker: it stops claiming, finishes its requests and exits
@@ -107,6 +108,7 @@ interface Parsed {
 const ARITY: Record<string, [min: number, max: number, names: string]> = {
   deployments: [0, 0, ''],
   workers: [0, 0, ''],
+  processes: [0, 0, ''],
   scale: [0, 2, '[<model> [replicas]]'],
   apply: [1, 1, '<file>'],
   drain: [1, 1, '<worker>'],
@@ -258,6 +260,10 @@ async function execute(p: Parsed, client: AdminClient, io: CliIo): Promise<void>
       const ws = await client.listWorkers();
       return out(workersTable(ws), ws);
     }
+    case 'processes': {
+      const ps = await client.listProcesses();
+      return out(processesTable(ps), ps);
+    }
     case 'scale': {
       const [model, replicas] = p.args;
       if (model !== undefined && replicas !== undefined) {
@@ -387,7 +393,7 @@ export function deploymentsTable(ds: Deployment[]): string {
 
 export function workersTable(ws: WorkerInfo[]): string {
   return formatTable(
-    ['ID', 'ALIVE', 'STATE', 'MODELS', 'LOAD', 'ENGINES', 'RESTARTS', 'LAST EXIT'],
+    ['ID', 'ALIVE', 'STATE', 'MODELS', 'LOAD', 'ENGINES', 'METRICS PORT', 'RESTARTS', 'LAST EXIT'],
     ws.map((w) => {
       const s = w.status;
       // A supervised process that is not running normally says more than its last heartbeat.
@@ -403,11 +409,29 @@ export function workersTable(ws: WorkerInfo[]): string {
               .map(([m, st]) => `${m}=${st}`)
               .join(',')
           : '',
+        s?.metricsPort,
         w.process?.restarts,
         w.process?.lastExit,
       ];
     }),
   );
+}
+
+export function processesTable(ps: ProcessInfo[]): string {
+  return formatTable(
+    ['KIND', 'ID', 'PID', 'STATE', 'RESTARTS', 'LAST EXIT', 'UPTIME'],
+    ps.map((p) => [p.kind, p.id, p.pid, p.state, p.restarts, p.lastExit, p.uptimeMs === null ? null : duration(p.uptimeMs)]),
+  );
+}
+
+/** A duration for people: `12s`, `3m05s`, `2h03m`, `4d06h`. */
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const two = (n: number) => String(n).padStart(2, '0');
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${two(s % 60)}s`;
+  if (s < 86_400) return `${Math.floor(s / 3600)}h${two(Math.floor((s % 3600) / 60))}m`;
+  return `${Math.floor(s / 86_400)}d${two(Math.floor((s % 86_400) / 3600))}h`;
 }
 
 export function scaleTable(rows: ModelScale[]): string {

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from '@llmux/shared';
-import { Supervised } from './supervisor.js';
+import { Supervised, type SupervisedSnapshot } from './supervisor.js';
 
 export interface FleetOptions {
   /** The worker agent's entry module. */
@@ -22,14 +22,17 @@ interface Member {
   proc: Supervised;
 }
 
-/** What the fleet reports about one of its processes. */
-export interface ProcessRecord {
+/**
+ * A local process as the controller records it in `<p>:controller:processes`
+ * (field: the id): a worker agent of the fleet, or the gateway.
+ */
+export interface ProcessRecord extends SupervisedSnapshot {
+  /** Absent in records written before gateways were recorded: a worker. */
+  kind: 'worker' | 'gateway';
+  /** A worker's id (`<controller id>-<model>-<n>`), or `<controller id>-gateway`. */
   id: string;
-  model: string;
-  pid: number | null;
-  state: string;
-  restarts: number;
-  lastExit: string | null;
+  /** The deployment a worker serves; null for the gateway. */
+  model: string | null;
 }
 
 /** A worker id from a model name: ids allow letters, digits, `_`, `.`, `-`. */
@@ -39,9 +42,9 @@ const safe = (s: string) => s.replace(/[^A-Za-z0-9_.-]/g, '_');
  * The worker agents this controller runs on its own machine, one supervised
  * process per replica of each model (WORKER_MODELS=<model>). Worker ids are
  * stable per slot (`<prefix>-<model>-<n>`), so a restarted worker takes back
- * what its previous run left pending. Emits `exit` (id, code, signal),
- * `ready` (id), `restart` (id: the supervisor restarts it), `crash-loop` (id)
- * and `change`.
+ * what its previous run left pending. Emits `exit` (id, code, signal,
+ * reason), `ready` (id), `restart` (id, reason: the supervisor restarts it),
+ * `crash-loop` (id) and `change` (any member's state changed).
  */
 export class LocalFleet extends EventEmitter {
   private readonly members = new Map<string, Member>();
@@ -84,11 +87,15 @@ export class LocalFleet extends EventEmitter {
     });
     const m: Member = { id, model, index, proc };
     this.members.set(id, m);
-    proc.on('exit', (e: { code: number | null; signal: string | null }) => {
+    proc.on('exit', (e: { code: number | null; signal: string | null; reason: string }) => {
       this.emit('exit', { id, model, ...e });
       this.emit('change');
     });
-    proc.on('restart', () => this.emit('restart', { id, model }));
+    proc.on('restart', (e: { reason: string }) => this.emit('restart', { id, model, reason: e.reason }));
+    // Restarts, backoff and new pids reach the process table as they happen.
+    proc.on('state', () => {
+      if (this.members.get(id) === m) this.emit('change');
+    });
     proc.on('ready', () => {
       this.emit('ready', { id, model });
       this.emit('change');
@@ -113,24 +120,15 @@ export class LocalFleet extends EventEmitter {
   }
 
   /** Kills a worker that stopped answering; the supervisor restarts it. */
-  killHung(id: string): boolean {
+  killHung(id: string, reason = 'heartbeat lapsed (hung)'): boolean {
     const m = this.members.get(id);
     if (!m || m.proc.pid === undefined) return false;
-    m.proc.kill('SIGKILL');
+    m.proc.kill('SIGKILL', reason);
     return true;
   }
 
   records(): ProcessRecord[] {
-    return [...this.members.values()].map((m) => ({
-      id: m.id,
-      model: m.model,
-      pid: m.proc.pid ?? null,
-      state: m.proc.state,
-      restarts: m.proc.restarts,
-      lastExit: m.proc.lastExit
-        ? `${m.proc.lastExit.signal ?? `code ${m.proc.lastExit.code}`} at ${new Date(m.proc.lastExit.at).toISOString()}`
-        : null,
-    }));
+    return [...this.members.values()].map((m) => ({ kind: 'worker', id: m.id, model: m.model, ...m.proc.snapshot() }));
   }
 
   /** Stops every worker (each drains). */

@@ -157,6 +157,10 @@ const controllerEnv = z.object({
   CRASH_LOOP_WINDOW_MS: int(60_000, 1000),
   /** Health check and hand-over period. Default 1000 ms. */
   HEALTH_INTERVAL_MS: int(1000, 50),
+  /** Local mode: how often the controller probes the gateway's `GET /healthz` (timeout: this, at most 1 s). Default 2000 ms. */
+  GATEWAY_HEALTH_INTERVAL_MS: int(2000, 50),
+  /** Local mode: this many failed gateway probes in a row make it hung: SIGKILL, then the usual restart. Default 3. */
+  GATEWAY_HEALTH_FAILURES: int(3, 1),
   /** Autoscaler period. Default 2000 ms. */
   AUTOSCALE_INTERVAL_MS: int(2000, 100),
   /** Scale down only after the lower figure has held this long. Default 30000 ms. */
@@ -241,6 +245,10 @@ export interface ControllerConfig extends CommonConfig {
   crashLoopExits: number;
   crashLoopWindowMs: number;
   healthIntervalMs: number;
+  /** Local mode: period of the gateway's liveness probe (`GET /healthz`). */
+  gatewayHealthIntervalMs: number;
+  /** Local mode: failed probes in a row after which the gateway is killed and restarted. */
+  gatewayHealthFailures: number;
   autoscaleIntervalMs: number;
   scaleDownAfterMs: number;
   targetUtilization: number;
@@ -331,6 +339,8 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): Cont
     crashLoopExits: e.CRASH_LOOP_EXITS,
     crashLoopWindowMs: e.CRASH_LOOP_WINDOW_MS,
     healthIntervalMs: e.HEALTH_INTERVAL_MS,
+    gatewayHealthIntervalMs: e.GATEWAY_HEALTH_INTERVAL_MS,
+    gatewayHealthFailures: e.GATEWAY_HEALTH_FAILURES,
     autoscaleIntervalMs: e.AUTOSCALE_INTERVAL_MS,
     scaleDownAfterMs: e.SCALE_DOWN_AFTER_MS,
     targetUtilization: e.TARGET_UTILIZATION,
