@@ -37,9 +37,17 @@ export interface GatewayOptions {
 
 export type GatewayState = 'starting' | 'ready' | 'closing' | 'closed';
 
-/** How often the gateway refreshes its liveness key and its reply stream's TTL. */
-const ALIVE_INTERVAL_MS = 5000;
-const ALIVE_TTL_MS = 30_000;
+/**
+ * How often the gateway refreshes its liveness key (and its reply stream's
+ * TTL), and the key's TTL. Workers cancel the requests of a gateway whose key
+ * is gone, so the TTL spans a few refreshes: two refreshes can fail (a Redis
+ * blip, a stalled event loop) before the gateway counts as dead. See "Dead
+ * gateways" in docs/architecture.md.
+ */
+const ALIVE_INTERVAL_MS = 2000;
+const ALIVE_TTL_MS = 6000;
+/** The `known` key outlives every request the gateway admitted: its time limit plus this. */
+const KNOWN_MARGIN_MS = 60_000;
 /** A dead gateway's reply stream expires this long after its last refresh. */
 const REPLY_STREAM_TTL_MS = 120_000;
 
@@ -68,10 +76,15 @@ export class Gateway {
     this.redis = createRedis(c.redisUrl, { failFast: true, name: `gateway:${c.gatewayId}` });
     this.blocking = createBlockingRedis(c.redisUrl, `gateway:${c.gatewayId}:replies`);
     for (const conn of [this.redis, this.blocking]) conn.on('error', (err) => this.log.debug({ err }, 'redis error'));
+    // Back after an outage (maybe an empty Redis): announce liveness before any request can be enqueued again.
+    this.redis.on('ready', () => {
+      if (this.state !== 'closed') void this.alive();
+    });
     const queue = new RequestQueue(this.redis, this.keys);
     // A cancel mark must outlive any request it can cancel.
     const cancellation = new Cancellation(this.redis, this.keys, c.requestTimeoutMs + 60_000);
     const metrics = new GatewayMetrics(createRegistry('gateway', c.gatewayId));
+    metrics.maxOpenRequests.set(c.maxOpenRequests);
     const requestMetrics = new RequestMetrics(metrics);
     const dispatcher = new Dispatcher(queue, cancellation, c.gatewayId, this.log, requestMetrics);
     const sampleQueue = redisQueueSampler(this.redis, this.keys);
@@ -131,18 +144,27 @@ export class Gateway {
     this.log.info({ url: this.url }, 'gateway listening');
   }
 
+  /**
+   * Refreshes the liveness keys, then the reply stream's TTL. `known` is set
+   * before `alive` on the same connection, so a worker never sees `alive`
+   * without `known`; both are sent in the calling tick, ahead of any enqueue
+   * issued later.
+   */
   private async alive(): Promise<void> {
-    const id = this.opts.config.gatewayId;
+    const c = this.opts.config;
+    const id = c.gatewayId;
     const replies = this.keys.replies(id);
     try {
+      const now = String(Date.now());
+      await Promise.all([
+        this.redis.set(this.keys.gatewayKnown(id), now, 'PX', c.requestTimeoutMs + KNOWN_MARGIN_MS),
+        this.redis.set(this.keys.gatewayAlive(id), now, 'PX', ALIVE_TTL_MS),
+      ]);
       // PEXPIRE does nothing on a missing key: create the stream empty first
       // (an entry added and trimmed away in one command), so it has a TTL from
       // the start, also after a Redis restart that lost it.
       if ((await this.redis.exists(replies)) === 0) await this.redis.xadd(replies, 'MAXLEN', '0', '*', 'init', '1');
-      await Promise.all([
-        this.redis.set(this.keys.gatewayAlive(id), String(Date.now()), 'PX', ALIVE_TTL_MS),
-        this.redis.pexpire(replies, REPLY_STREAM_TTL_MS),
-      ]);
+      await this.redis.pexpire(replies, REPLY_STREAM_TTL_MS);
     } catch (err) {
       this.log.debug({ err }, 'liveness refresh failed');
     }
