@@ -8,7 +8,8 @@
  * | `<p>:{model}:requests` | stream + group `workers` | gateway | the model's queue |
  * | `<p>:{model}:cancel:<rid>` | string, TTL | gateway | request cancelled |
  * | `<p>:gw:{id}:events` | stream, TTL | workers (created by its gateway) | token events for one gateway |
- * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness |
+ * | `<p>:gw:{id}:alive` | string, TTL | gateway | gateway liveness (TTL 6 s, refreshed every 2 s); workers cancel a known gateway's requests when it is gone |
+ * | `<p>:gw:{id}:known` | string, TTL | gateway | the gateway ran: outlives every request it admitted, so a missing `alive` means dead, not unknown |
  * | `<p>:gw:{id}:req:<rid>` | hash, TTL | workers | owner, next seq, tokens delivered, attempts, done |
  * | `<p>:gw:{id}:log:<rid>` | stream, TTL | workers | the request's events, entry id `<seq+1>-0` (resume, replay) |
  * | `<p>:rid:<rid>` | string (JSON), TTL | gateway | where a resumable request lives (gateway id) and how to render it |
@@ -17,6 +18,7 @@
  * | `<p>:{model}:fair:<priority>` | sorted set | gateway, workers | backlogged tenants by virtual time (weighted fair queueing) |
  * | `<p>:{model}:fair` | hash | gateway, workers | virtual clock per priority, `staged` count |
  * | `<p>:{model}:load` | pub/sub channel | workers | a worker's load changed (least-loaded claiming) |
+ * | `<p>:{model}:dead` | stream (MAXLEN ~ 10000) | workers | dead letters: malformed request entries, with the reason and the original fields |
  * | `<p>:apikey:<sha256>` | hash | CLI (admin API), gateway | an API key's record and its rate-limit buckets |
  * | `<p>:apikeys` | hash | CLI (admin API) | key id -> sha256 of the key (listing, revoking) |
  * | `<p>:idem:{tenant}:<sha256>` | string (JSON), TTL | gateway | an Idempotency-Key: body hash, request id, gateway |
@@ -143,6 +145,16 @@ export class Keys {
   /** BullMQ queue name for one worker agent's control jobs (BullMQ adds its own `bull:` prefix). */
   controlQueue(workerId: string): string {
     return `${this.prefix}-control-${workerId}`;
+  }
+
+  /** Present while a gateway of this id has run within its request time limit (plus 60 s); with `gatewayAlive` gone it is dead. */
+  gatewayKnown(gatewayId: string): string {
+    return `${this.prefix}:gw:{${gatewayId}}:known`;
+  }
+
+  /** Dead letters: request entries (direct or staged) that failed validation; in the model's slot. */
+  deadLetters(model: string): string {
+    return `${this.prefix}:{${model}}:dead`;
   }
 }
 
