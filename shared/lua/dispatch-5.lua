@@ -26,6 +26,13 @@
               (<p>:{model}:q:<priority>:); the lists share the model's hash
               tag, so they live in the same Cluster slot as KEYS
 
+  A staged element that is not a JSON array of field/value strings (written
+  by hand or by a buggy producer) must not stop dispatch: it moves into the
+  stream as an entry that says so (`malformed` the reason, `raw` the element,
+  its first 64 KiB, `raw_bytes` its size when cut, `tenant`, `priority`),
+  which no worker can decode, so the worker moves it to the model's
+  dead-letter stream like any malformed entry. It counts as moved.
+
   Returns { moved, still staged }.
 ]]
 local stream, state = KEYS[1], KEYS[2]
@@ -33,6 +40,45 @@ local group, target = ARGV[1], tonumber(ARGV[2])
 
 local function fmt(x)
   return string.format('%.17g', x)
+end
+
+-- A job has about 20 fields; this bounds what unpack() must handle.
+local MAX_ELEMENTS = 1000
+local RAW_MAX = 65536
+
+-- A staged element's field/value pairs, or nil and why it is not a list of them.
+local function fieldsOf(job)
+  local ok, fields = pcall(cjson.decode, job)
+  if not ok then
+    return nil, 'staged element is not JSON'
+  end
+  if type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
+    return nil, 'staged element is not a JSON array of field/value pairs'
+  end
+  if #fields > MAX_ELEMENTS then
+    return nil, 'staged element has more than ' .. MAX_ELEMENTS .. ' elements'
+  end
+  for i = 1, #fields do
+    if type(fields[i]) ~= 'string' then
+      return nil, 'staged element ' .. i .. ' is not a string'
+    end
+  end
+  return fields
+end
+
+-- Appends a staged element to the stream: the job, or a mark a worker dead-letters.
+local function append(job, tenant, priority)
+  local fields, why = fieldsOf(job)
+  if fields then
+    redis.call('XADD', stream, '*', unpack(fields))
+    return
+  end
+  local mark = { 'malformed', why, 'raw', string.sub(job, 1, RAW_MAX), 'tenant', tenant, 'priority', priority }
+  if #job > RAW_MAX then
+    mark[#mark + 1] = 'raw_bytes'
+    mark[#mark + 1] = tostring(#job)
+  end
+  redis.call('XADD', stream, '*', unpack(mark))
 end
 
 -- Entries of the stream no consumer was given yet, up to `cap`: those after
@@ -101,7 +147,7 @@ local function dispatchPriority(index, priority, prefix, want)
     local list = prefix .. tenant
     local job = redis.call('LPOP', list)
     if job then
-      redis.call('XADD', stream, '*', unpack(cjson.decode(job)))
+      append(job, tenant, priority)
       moved = moved + 1
       if start > clock then
         clock = start

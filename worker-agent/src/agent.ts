@@ -41,6 +41,7 @@ import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
 import { traceAttempt } from './trace.js';
 import { ControlWorker } from './control.js';
+import { addDeadLetter, deadLetterReason } from './dead-letters.js';
 import { startMetricsServer, TimedRequestLog, TimedRequestQueue, type MetricsServer } from './metrics.js';
 
 export type AgentState = WorkerStatus['state'];
@@ -81,7 +82,7 @@ interface Slot {
 type WorkerOutcome = (typeof WORKER_OUTCOMES)[number];
 
 /** Why a running request was aborted. */
-type AbortReason = 'cancelled' | 'deadline' | 'shutdown' | 'fenced';
+type AbortReason = 'cancelled' | 'gateway_gone' | 'deadline' | 'shutdown' | 'fenced';
 
 interface Active {
   ctl: AbortController;
@@ -92,6 +93,13 @@ interface Active {
 /** How long one XREADGROUP blocks; bounds how long stopping a loop may take. */
 const CLAIM_BLOCK_MS = 2000;
 const CANCELLED_MESSAGE = 'The request was cancelled: its client went away.';
+const GATEWAY_GONE_MESSAGE = 'The request was cancelled: its gateway is gone.';
+/**
+ * How often the agent checks that the gateways of its running requests are
+ * alive (one EXISTS per distinct gateway, pipelined). With the gateway's key
+ * TTL of 6 s, a dead gateway's requests stop 4 to 8 s after its last refresh.
+ */
+const GATEWAY_CHECK_INTERVAL_MS = 2000;
 
 /** A worker that is not the least loaded looks for unclaimed work this often. */
 const NOT_LEAST_POLL_MS = 25;
@@ -127,6 +135,8 @@ export class WorkerAgent extends EventEmitter {
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private reclaimTimer: NodeJS.Timeout | null = null;
   private reclaiming = false;
+  private gatewayTimer: NodeJS.Timeout | null = null;
+  private checkingGateways = false;
   private readonly startedAt = Date.now();
   /** Integral of in-flight requests over time, for utilisation figures. */
   private busySlotMs = 0;
@@ -193,6 +203,7 @@ export class WorkerAgent extends EventEmitter {
     // Requests a previous run of this same worker id left pending are ours to finish.
     for (const slot of this.slots.values()) await this.reclaimFrom(slot, this.id, 0);
     this.reclaimTimer = setInterval(() => void this.reclaimDead(), c.reclaimIntervalMs);
+    this.gatewayTimer = setInterval(() => void this.checkGateways(), GATEWAY_CHECK_INTERVAL_MS);
     for (const slot of this.slots.values()) {
       this.publishLoad(slot);
       slot.loop = this.claimLoop(slot);
@@ -589,6 +600,65 @@ export class WorkerAgent extends EventEmitter {
     }
   }
 
+  /**
+   * The requests among `reqs` whose gateway is gone and that nobody follows.
+   * A gateway is gone when its `alive` key has expired while its `known` key
+   * (which outlives every request it admitted) still exists; a gateway id
+   * with neither key was never an llmux gateway this Redis knows (a test
+   * harness, a script, keys lost with a Redis restart) and is left alone. A
+   * request some client follows from another gateway (resume, idempotent
+   * retry) runs on. The usual cost is one EXISTS per distinct gateway, sent in
+   * one write (auto-pipelining); the other checks run only for a gateway whose
+   * `alive` key is missing.
+   */
+  private async orphaned(reqs: readonly { gw: string; rid: string }[]): Promise<Set<string>> {
+    const gws = [...new Set(reqs.map((r) => r.gw))];
+    const alive = await Promise.all(gws.map((gw) => this.redis.exists(this.keys.gatewayAlive(gw))));
+    const missing = new Set(gws.filter((_, i) => alive[i] === 0));
+    if (missing.size === 0) return new Set();
+    const suspects = reqs.filter((r) => missing.has(r.gw));
+    const [known, followed] = await Promise.all([
+      Promise.all([...missing].map(async (gw) => ((await this.redis.exists(this.keys.gatewayKnown(gw))) === 1 ? gw : null))),
+      Promise.all(suspects.map((r) => this.redis.exists(this.keys.requestFollowers(r.gw, r.rid)))),
+    ]);
+    const gone = new Set(known.filter((gw) => gw !== null));
+    return new Set(suspects.filter((r, i) => gone.has(r.gw) && followed[i] === 0).map((r) => r.rid));
+  }
+
+  /** Every GATEWAY_CHECK_INTERVAL_MS: cancels the running requests of gateways that are gone. */
+  private async checkGateways(): Promise<void> {
+    if (this.checkingGateways || this.active.size === 0) return;
+    this.checkingGateways = true;
+    try {
+      const orphans = await this.orphaned([...this.active.values()].map((a) => ({ gw: a.job.gw, rid: a.job.rid })));
+      for (const rid of orphans) this.active.get(rid)?.ctl.abort('gateway_gone' satisfies AbortReason);
+    } catch (err) {
+      this.logger.debug({ err }, 'gateway check failed');
+    } finally {
+      this.checkingGateways = false;
+    }
+  }
+
+  /**
+   * Moves a malformed entry to the model's dead-letter stream, then acks and
+   * deletes it. If the dead letter cannot be written, the entry stays pending
+   * under this worker, and the sweep takes it back and tries again.
+   */
+  private async deadLetter(slot: Slot, entryId: string, fields: string[], error: string): Promise<void> {
+    const model = slot.model;
+    const reason = deadLetterReason(fields, error);
+    try {
+      const id = await addDeadLetter(this.redis, this.keys, model, { reason, entryId, worker: this.id, at: Date.now(), fields });
+      this.metrics.deadLetters.inc({ model });
+      this.logger.warn({ model, entryId, deadLetter: id, reason }, 'malformed request entry moved to the dead-letter stream');
+    } catch (err) {
+      this.logger.warn({ err, model, entryId, reason }, 'could not write a dead letter; the entry stays pending');
+      await this.finish(slot, entryId, 'leave');
+      return;
+    }
+    await this.finish(slot, entryId, 'ack');
+  }
+
   private async run(slot: Slot, entryId: string, fields: string[], takeover: boolean): Promise<void> {
     const model = slot.model;
     const c = this.opts.config;
@@ -597,8 +667,7 @@ export class WorkerAgent extends EventEmitter {
       job = decodeJob(fields);
     } catch (err) {
       if (!(err instanceof MalformedJobError)) throw err;
-      this.logger.warn({ model, entryId, reason: err.message }, 'malformed request entry dropped');
-      await this.finish(slot, entryId, 'ack');
+      await this.deadLetter(slot, entryId, fields, err.message);
       return;
     }
     const log = this.logger.child({ rid: job.rid, model, tenant: job.tenant, priority: job.priority });
@@ -625,12 +694,22 @@ export class WorkerAgent extends EventEmitter {
     let deadlineTimer: NodeJS.Timeout | null = null;
     this.active.set(job.rid, active);
     try {
-      const cancelled = await this.cancellation.isCancelled(model, job.rid);
+      const [cancelled, orphaned] = await Promise.all([
+        this.cancellation.isCancelled(model, job.rid),
+        this.orphaned([{ gw: job.gw, rid: job.rid }]),
+      ]);
       const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
       if (cancelled && begun.status !== 'done') {
         log.info('request cancelled before start');
         ended = 'cancelled';
         await stream.fail(499, 'cancelled', CANCELLED_MESSAGE);
+        return;
+      }
+      if ((orphaned.size > 0 || ctl.signal.reason === 'gateway_gone') && begun.status !== 'done') {
+        // Queued for a gateway that died: never run. The terminal event ends its output log.
+        log.info({ gateway: job.gw, started: false }, 'gateway gone; request cancelled');
+        ended = 'cancelled';
+        await stream.fail(499, 'gateway_gone', GATEWAY_GONE_MESSAGE, true);
         return;
       }
       if (begun.status === 'done') {
@@ -699,6 +778,11 @@ export class WorkerAgent extends EventEmitter {
         ended = 'cancelled';
         await stream.fail(499, 'cancelled', CANCELLED_MESSAGE).catch(() => {});
         log.info({ tokens: active.tokens }, 'request cancelled');
+      } else if (err instanceof AbortError && reason === 'gateway_gone') {
+        // Nobody reads the reply stream: drop unsent text; only the terminal event, which ends the log.
+        ended = 'cancelled';
+        await stream.fail(499, 'gateway_gone', GATEWAY_GONE_MESSAGE, true).catch(() => {});
+        log.info({ gateway: job.gw, tokens: active.tokens, started: true }, 'gateway gone; request cancelled');
       } else if (err instanceof AbortError && reason === 'deadline') {
         ended = 'timeout';
         await stream.fail(504, 'deadline_exceeded', 'The request ran past its deadline.').catch(() => {});
@@ -785,6 +869,7 @@ export class WorkerAgent extends EventEmitter {
       }
       await step('finish requests', () => Promise.all(this.runs), 10_000);
     }
+    if (this.gatewayTimer) clearInterval(this.gatewayTimer);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.flusher.close();
     await step('deregister', () => this.workers.remove(this.id), 1000);

@@ -5,3 +5,10 @@ export { RequestStream, Flusher, type EventWriter, type RequestStreamOptions } f
 export { SimServer, storyOffset, type SimServerEvent } from './sim-server/server.js';
 export { parseSimServerArgs, DEFAULT_SIM_SERVER_OPTIONS, type SimServerOptions } from './sim-server/options.js';
 export { ReplicaSet } from './engines/replicas.js';
+export {
+  DEAD_LETTER_MAXLEN,
+  DEAD_LETTER_MAX_PAIRS,
+  DEAD_LETTER_VALUE_MAX,
+  ORIGINAL_FIELD_PREFIX,
+  deadLetterFields,
+} from './dead-letters.js';

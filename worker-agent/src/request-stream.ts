@@ -69,8 +69,16 @@ export class RequestStream {
     return this.end({ rid: this.o.rid, seq: 0, type: 'done', finish, promptTokens, completionTokens });
   }
 
-  /** Sends what is buffered and an `error` event; resolves when Redis has them. */
-  fail(status: number, code: string, message: string): Promise<void> {
+  /**
+   * Sends what is buffered and an `error` event; resolves when Redis has them.
+   * With `dropBuffered`, text not sent yet is dropped and only the error goes
+   * out (nobody reads the reply stream any more: its gateway is gone).
+   */
+  fail(status: number, code: string, message: string, dropBuffered = false): Promise<void> {
+    if (dropBuffered) {
+      this.text = '';
+      this.tokens = 0;
+    }
     return this.end({ rid: this.o.rid, seq: 0, type: 'error', status, code, message });
   }
 
