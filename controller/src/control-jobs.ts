@@ -1,5 +1,5 @@
 import { Queue } from 'bullmq';
-import type { Keys, Logger, Redis } from '@llmux/shared';
+import { bullPrefix, createBullRedis, type Keys, type Logger, type RedisTarget } from '@llmux/shared';
 
 /** The control jobs a worker agent understands. */
 export type ControlJobName = 'drain' | 'restart-engine' | 'load-model' | 'unload-model';
@@ -13,7 +13,7 @@ export class ControlJobs {
   private readonly queues = new Map<string, Queue>();
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisTarget,
     private readonly keys: Keys,
     private readonly log: Logger,
   ) {}
@@ -21,7 +21,11 @@ export class ControlJobs {
   private queue(workerId: string): Queue {
     let q = this.queues.get(workerId);
     if (!q) {
-      q = new Queue(this.keys.controlQueue(workerId), { connection: this.redis.duplicate({ maxRetriesPerRequest: null }) });
+      const name = this.keys.controlQueue(workerId);
+      const connection = createBullRedis(this.redis, `controller:control:${name}`);
+      connection.on('error', () => {});
+      // On a cluster the queue's keys need one slot: the prefix is a hash tag (the worker uses the same).
+      q = new Queue(name, { connection, prefix: bullPrefix(connection, name) });
       q.on('error', (err) => this.log.warn({ err, workerId }, 'control queue error'));
       this.queues.set(workerId, q);
     }

@@ -10,6 +10,7 @@ import {
   Keys,
   loadDeploymentsFile,
   parseDeployments,
+  redisEnvOf,
   RequestQueue,
   WorkerRegistry,
   type ApiKeyRecord,
@@ -20,6 +21,7 @@ import {
   type Logger,
   type NewApiKey,
   type Redis,
+  type RedisTarget,
   type WorkerStatus,
 } from '@llmux/shared';
 import {
@@ -50,8 +52,8 @@ function entry(pkg: '@llmux/gateway' | '@llmux/worker-agent'): string {
 
 export interface ControllerOptions {
   config: ControllerConfig;
-  /** The Redis to use (the configured one, or a private one the entrypoint started). */
-  redisUrl: string;
+  /** The Redis to use (the configured one, or a private one the entrypoint started): a URL or a full configuration. */
+  redis: RedisTarget;
   logger: Logger;
   /** Environment for local children. Default process.env. */
   env?: NodeJS.ProcessEnv;
@@ -97,13 +99,13 @@ export class Controller implements ControllerApi {
     this.env = o.env ?? process.env;
     this.log = o.logger.child({ controller: c.controllerId });
     this.keys = new Keys(c.keyPrefix);
-    this.redis = createRedis(o.redisUrl, { name: `controller:${c.controllerId}` });
+    this.redis = createRedis(o.redis, { name: `controller:${c.controllerId}` });
     this.redis.on('error', (err) => this.log.debug({ err }, 'redis error'));
     this.registry = new DeploymentRegistry(this.redis, this.keys);
     this.workers = new WorkerRegistry(this.redis, this.keys);
     this.queue = new RequestQueue(this.redis, this.keys);
-    this.events = new EventLog(this.redis, o.redisUrl, this.keys, this.log);
-    this.control = new ControlJobs(this.redis, this.keys, this.log);
+    this.events = new EventLog(this.redis, o.redis, this.keys, this.log);
+    this.control = new ControlJobs(o.redis, this.keys, this.log);
     this.apiKeys = new ApiKeys(this.redis, this.keys);
     this.autoscaler = new Autoscaler({
       redis: this.redis,
@@ -292,7 +294,8 @@ export class Controller implements ControllerApi {
     const c = this.o.config;
     const childEnv: NodeJS.ProcessEnv = {
       ...this.env,
-      REDIS_URL: this.o.redisUrl,
+      // Every REDIS_* variable, so a child reaches exactly this Redis (a private one: without credentials or TLS).
+      ...redisEnvOf(this.o.redis),
       KEY_PREFIX: c.keyPrefix,
       LOG_LEVEL: this.env.LOG_LEVEL || 'warn',
       DRAIN_TIMEOUT_MS: String(c.drainTimeoutMs),

@@ -1,5 +1,5 @@
 import type { Keys, Logger, Redis } from '@llmux/shared';
-import { createBlockingRedis, type XReadReply } from '@llmux/shared';
+import { createBlockingRedis, type RedisTarget, type XReadReply } from '@llmux/shared';
 import type { ClusterEvent, ClusterEventKind } from './api.js';
 
 /** Cluster events kept in a capped Redis stream, so any controller (leader or standby) can watch them. */
@@ -10,7 +10,7 @@ export class EventLog {
 
   constructor(
     private readonly redis: Redis,
-    private readonly redisUrl: string,
+    private readonly redisTarget: RedisTarget,
     private readonly keys: Keys,
     private readonly logger: Logger,
   ) {}
@@ -49,7 +49,7 @@ export class EventLog {
 
   private async read(): Promise<void> {
     this.running = true;
-    this.reader = createBlockingRedis(this.redisUrl, 'controller:events');
+    this.reader = createBlockingRedis(this.redisTarget, 'controller:events');
     this.reader.on('error', () => {});
     let last = '$';
     try {

@@ -1,4 +1,4 @@
-import { ConfigError, createLogger, loadControllerConfig } from '@llmux/shared';
+import { ConfigError, createLogger, describeRedis, loadControllerConfig, type RedisConfig } from '@llmux/shared';
 import { readAdminTls, startAdminServer, type AdminServer } from './admin/server.js';
 import { Controller } from './controller.js';
 import { ensureRedis, type EmbeddedRedis } from './local/embedded-redis.js';
@@ -12,12 +12,12 @@ import { startMetricsServer, type MetricsServer } from './metrics.js';
 async function main(): Promise<void> {
   const config = loadControllerConfig();
   const logger = createLogger('controller', config.logLevel);
-  let redisUrl = config.redisUrl;
+  let redis: RedisConfig = config.redis;
   let embedded: EmbeddedRedis | null = null;
   if (config.mode === 'local') {
-    ({ url: redisUrl, embedded } = await ensureRedis(config.redisUrl, { allowEmbedded: config.embeddedRedis, logger }));
+    ({ redis, embedded } = await ensureRedis(config.redis, { allowEmbedded: config.embeddedRedis, logger }));
   }
-  const controller = new Controller({ config, redisUrl, logger });
+  const controller = new Controller({ config, redis, logger });
   let admin: AdminServer | null = null;
   let metrics: MetricsServer | null = null;
 
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
       const model = models[0] ?? 'MODEL';
       const body = JSON.stringify({ model, messages: [{ role: 'user', content: 'Once upon a time' }], stream: true });
       process.stdout.write(
-        `llmux ready at ${url} (models: ${models.join(', ')}; redis: ${redisUrl}; admin: ${admin?.address ?? 'off'})\n` +
+        `llmux ready at ${url} (models: ${models.join(', ')}; redis: ${describeRedis(redis)}; admin: ${admin?.address ?? 'off'})\n` +
           `  try: curl -N ${url}/v1/chat/completions -d '${body}'\n` +
           `   or: curl -N ${url}/v1/chat/${model} -d 'Once upon a time'\n` +
           (metrics ? `  metrics: ${metrics.url} (gateway: ${url}/metrics)\n` : ''),

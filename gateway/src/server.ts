@@ -73,8 +73,8 @@ export class Gateway {
     const c = opts.config;
     this.log = opts.logger.child({ gateway: c.gatewayId });
     this.keys = new Keys(c.keyPrefix);
-    this.redis = createRedis(c.redisUrl, { failFast: true, name: `gateway:${c.gatewayId}` });
-    this.blocking = createBlockingRedis(c.redisUrl, `gateway:${c.gatewayId}:replies`);
+    this.redis = createRedis(c.redis, { failFast: true, name: `gateway:${c.gatewayId}` });
+    this.blocking = createBlockingRedis(c.redis, `gateway:${c.gatewayId}:replies`);
     for (const conn of [this.redis, this.blocking]) conn.on('error', (err) => this.log.debug({ err }, 'redis error'));
     // Back after an outage (maybe an empty Redis): announce liveness before any request can be enqueued again.
     this.redis.on('ready', () => {
@@ -105,7 +105,7 @@ export class Gateway {
       queues: new QueueMonitor((model) => timeRedis(metrics.redisLatency, 'queue reading', () => sampleQueue(model)), {
         log: this.log,
       }),
-      followers: new RequestFollowers(this.redis, this.keys, c.redisUrl, this.log, (n) => requestMetrics.setFollowers(n)),
+      followers: new RequestFollowers(this.redis, this.keys, c.redis, this.log, (n) => requestMetrics.setFollowers(n)),
       idempotency: new IdempotencyStore(this.redis, this.keys, c.idempotencyTtlMs),
       metrics,
       requestMetrics,

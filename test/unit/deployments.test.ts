@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { hostname } from 'node:os';
-import { ConfigError, contextSizeOf, loadGatewayConfig, loadWorkerConfig, parseDeployments } from '@llmux/shared';
+import { ConfigError, contextSizeOf, loadGatewayConfig, loadWorkerConfig, parseDeployments, redisConfigOf } from '@llmux/shared';
 
 /** Runs `fn`, which must throw a ConfigError, and returns its message. */
 function configError(fn: () => unknown): string {
@@ -200,6 +200,7 @@ describe('environment: loadWorkerConfig', () => {
     const c = loadWorkerConfig({});
     expect(c).to.deep.equal({
       redisUrl: 'redis://127.0.0.1:6379',
+      redis: redisConfigOf('redis://127.0.0.1:6379'),
       keyPrefix: 'llm',
       logLevel: 'info',
       workerId: `${hostname().replace(/[^A-Za-z0-9_.-]/g, '_')}-${process.pid}`,

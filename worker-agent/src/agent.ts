@@ -5,6 +5,7 @@ import {
   AbortError,
   backoffMs,
   Cancellation,
+  blockedClientOf,
   ConfigError,
   createBlockingRedis,
   createRedis,
@@ -14,6 +15,7 @@ import {
   delay,
   DeploymentRegistry,
   EngineUnavailableError,
+  isCluster,
   Keys,
   MalformedJobError,
   PromptTooLongError,
@@ -22,8 +24,10 @@ import {
   settleWithin,
   timeRedis,
   Tracing,
+  unblockClient,
   WorkerMetrics,
   WorkerRegistry,
+  type BlockedClient,
   type Deferred,
   type Deployment,
   type Job,
@@ -63,8 +67,8 @@ interface Slot {
   /** Entry ids being run now; a pending entry of ours that is not here was left behind. */
   running: Set<string>;
   blocking: Redis;
-  /** CLIENT ID of the blocking connection, to cut a wait short with CLIENT UNBLOCK. */
-  blockingId: number | null;
+  /** CLIENT ID of the blocking connection (and its node, on a cluster), to cut a wait short with CLIENT UNBLOCK. */
+  blockingId: BlockedClient | null;
   /** True while the claim loop waits in XREADGROUP BLOCK. */
   blocked: boolean;
   /** Load messages received from peers; a change tells a claim that a peer may have claimed meanwhile (see `nudge`). */
@@ -76,13 +80,19 @@ interface Slot {
   lastScore: number;
   /** Being unloaded: claims nothing more. */
   closing: boolean;
+  /**
+   * Dead consumers whose entries the sweep found while this slot had no room.
+   * The claim loop takes them over before it claims anything new, so a busy
+   * survivor does not leave them behind the new arrivals.
+   */
+  takeoverDue: Set<string>;
 }
 
 /** How an attempt ended (`llmux_worker_requests_total`). */
 type WorkerOutcome = (typeof WORKER_OUTCOMES)[number];
 
 /** Why a running request was aborted. */
-type AbortReason = 'cancelled' | 'gateway_gone' | 'deadline' | 'shutdown' | 'fenced';
+type AbortReason = 'cancelled' | 'gateway_gone' | 'deadline' | 'shutdown' | 'fenced' | 'lost';
 
 interface Active {
   ctl: AbortController;
@@ -157,8 +167,8 @@ export class WorkerAgent extends EventEmitter {
     this.keys = new Keys(c.keyPrefix);
     this.metrics = new WorkerMetrics(createRegistry('worker', this.id));
     this.tracing = Tracing.start(opts.config.tracing, 'worker', this.id);
-    this.redis = createRedis(c.redisUrl, { name: `worker:${this.id}` });
-    this.sub = createRedis(c.redisUrl, { name: `worker:${this.id}:sub` });
+    this.redis = createRedis(c.redis, { name: `worker:${this.id}` });
+    this.sub = createRedis(c.redis, { name: `worker:${this.id}:sub` });
     this.queue = new TimedRequestQueue(this.redis, this.keys, this.metrics.redisLatency);
     this.log = new TimedRequestLog(this.redis, this.keys, c.replyStreamMaxLen, this.metrics.redisLatency);
     this.cancellation = new Cancellation(this.redis, this.keys);
@@ -208,7 +218,7 @@ export class WorkerAgent extends EventEmitter {
       this.publishLoad(slot);
       slot.loop = this.claimLoop(slot);
     }
-    this.control = new ControlWorker(this, c.redisUrl, this.keys.controlQueue(this.id), this.logger);
+    this.control = new ControlWorker(this, c.redis, this.keys.controlQueue(this.id), this.logger);
   }
 
   /** Starts `/metrics` and `/healthz`; fails the start when the port cannot be bound. */
@@ -261,7 +271,7 @@ export class WorkerAgent extends EventEmitter {
     await engine.start();
     this.logger.info({ model: name, engine: d.engine.type, capacity: engine.capacity, ms: Date.now() - t0 }, 'engine started');
     await this.queue.ensureGroup(name);
-    const blocking = createBlockingRedis(c.redisUrl, `worker:${this.id}:claim:${name}`);
+    const blocking = createBlockingRedis(c.redis, `worker:${this.id}:claim:${name}`);
     blocking.on('error', (err) => this.logger.debug({ err }, 'redis error'));
     const slot: Slot = {
       model: name,
@@ -278,14 +288,18 @@ export class WorkerAgent extends EventEmitter {
       view: new LoadView(this.id, c.heartbeatTtlMs),
       lastScore: -1,
       closing: false,
+      takeoverDue: new Set(),
     };
-    // The id changes with every reconnect; CLIENT UNBLOCK needs the current one.
-    blocking.on('ready', () => {
-      blocking.client('ID').then(
-        (id) => (slot.blockingId = Number(id)),
-        () => (slot.blockingId = null),
-      );
-    });
+    // The id changes with every reconnect; CLIENT UNBLOCK needs the current one. (On a cluster
+    // the node can change too: the id is looked up before each blocking read, see claimFair.)
+    if (!isCluster(blocking)) {
+      blocking.on('ready', () => {
+        blockedClientOf(blocking, '').then(
+          (b) => (slot.blockingId = b),
+          () => (slot.blockingId = null),
+        );
+      });
+    }
     await blocking.connect();
     const channel = this.keys.loadChannel(name);
     this.slotByChannel.set(channel, slot);
@@ -438,7 +452,7 @@ export class WorkerAgent extends EventEmitter {
     slot.peerEvents++;
     // A peer became less loaded than us while we wait for work: step aside.
     if (slot.blocked && slot.blockingId !== null && !slot.view.isLeast(this.score(slot))) {
-      this.redis.client('UNBLOCK', slot.blockingId).catch(() => {});
+      unblockClient(this.redis, slot.blockingId).catch(() => {});
     } else if (slot.blocked) {
       this.nudge(slot);
     }
@@ -478,6 +492,8 @@ export class WorkerAgent extends EventEmitter {
       }
       let entries: StreamEntries;
       try {
+        // A dead worker's requests, which clients are waiting on, go before new ones.
+        if (slot.takeoverDue.size > 0 && !this.reclaiming && (await this.takeOverDue(slot)) > 0) continue;
         if (c.claimPolicy === 'fifo') {
           entries = await this.claimFair(slot, free, true);
         } else if (slot.view.isLeast(this.score(slot))) {
@@ -518,6 +534,10 @@ export class WorkerAgent extends EventEmitter {
     const seen = slot.peerEvents;
     await this.queue.dispatch(slot.model, count);
     if (!block) return this.queue.claimNow(slot.model, this.id, count);
+    if (isCluster(slot.blocking)) {
+      // The node that serves the model's slot, and the connection's id there, may have changed (failover).
+      slot.blockingId = await blockedClientOf(slot.blocking, this.keys.requests(slot.model)).catch(() => null);
+    }
     slot.blocked = true;
     try {
       // A peer claimed while our dispatch was under way: the entry we saw waiting may be gone.
@@ -570,7 +590,9 @@ export class WorkerAgent extends EventEmitter {
         if (pending.has(this.id)) await this.reclaimFrom(slot, this.id, TAKEOVER_MIN_IDLE_MS);
         for (const name of await this.queue.consumers(slot.model)) {
           if (name === this.id || live.has(name)) continue;
-          if (pending.has(name)) await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS);
+          if (pending.has(name) && (await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS)) < pending.get(name)!) {
+            slot.takeoverDue.add(name);
+          }
           if (await this.queue.deleteConsumerIfIdle(slot.model, name)) {
             slot.view.remove(name);
             this.logger.info({ model: slot.model, dead: name }, 'dead worker cleared');
@@ -585,19 +607,36 @@ export class WorkerAgent extends EventEmitter {
     }
   }
 
-  private async reclaimFrom(slot: Slot, consumer: string, minIdleMs: number): Promise<void> {
+  /** Takes over up to the slot's free room of `consumer`'s pending entries; resolves with how many it started. */
+  private async reclaimFrom(slot: Slot, consumer: string, minIdleMs: number): Promise<number> {
     const free = slot.engine.capacity - slot.inflight;
     // An engine that cannot take work would only burn the requests' attempts.
-    if (free <= 0 || !this.engineAvailable(slot)) return;
+    if (free <= 0 || !this.engineAvailable(slot)) return 0;
     // Our own list includes the entries we are running; look past them.
     const count = consumer === this.id ? free + slot.running.size : free;
     const entries = await this.queue.takeOver(slot.model, consumer, this.id, count, minIdleMs);
+    let started = 0;
     for (const [entryId, fields] of entries) {
       if (slot.running.has(entryId)) continue; // ours and running: only its idle time was reset
       this.logger.info({ model: slot.model, entryId, from: consumer }, 'request taken over');
       this.metrics.reclaims.inc({ model: slot.model });
       this.startRun(slot, entryId, fields, true);
+      started++;
     }
+    return started;
+  }
+
+  /**
+   * Run by the claim loop when room frees: takes over the entries of dead
+   * consumers that the sweep could not take for lack of room, ahead of new
+   * requests. Resolves with how many it started.
+   */
+  private async takeOverDue(slot: Slot): Promise<number> {
+    let started = 0;
+    for (const name of slot.takeoverDue) started += await this.reclaimFrom(slot, name, TAKEOVER_MIN_IDLE_MS);
+    const pending = await this.queue.pendingConsumers(slot.model);
+    for (const name of slot.takeoverDue) if (!(pending.get(name)! > 0)) slot.takeoverDue.delete(name);
+    return started;
   }
 
   /**
@@ -687,6 +726,7 @@ export class WorkerAgent extends EventEmitter {
       flusher: this.flusher,
       maxBatchTokens: c.maxBatchTokens,
       onFenced: () => ctl.abort('fenced' satisfies AbortReason),
+      onLost: () => ctl.abort('lost' satisfies AbortReason),
     });
     let outcome: 'ack' | 'handback' | 'leave' = 'ack';
     /** Counted once when the attempt settles; null: nothing ran (the request had already ended). */
@@ -699,6 +739,8 @@ export class WorkerAgent extends EventEmitter {
         this.orphaned([{ gw: job.gw, rid: job.rid }]),
       ]);
       const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
+      // Every event is checked against the number it must get, so writes a Redis failover lost are noticed.
+      if (begun.status !== 'done') stream.expectFrom(begun.seq);
       if (cancelled && begun.status !== 'done') {
         log.info('request cancelled before start');
         ended = 'cancelled';
@@ -773,6 +815,14 @@ export class WorkerAgent extends EventEmitter {
         outcome = 'leave';
         ended = 'fenced';
         log.warn('request fenced: another worker took it over');
+      } else if (stream.broken) {
+        // Redis lost events of this attempt (writes a failed primary had not replicated), or could not
+        // take one: the client may have a hole in its text. End it with an error it is sure to get.
+        ended = 'error';
+        log.warn({ lost: stream.lost, tokens: active.tokens, err }, 'request output lost in Redis; request ended with an error');
+        await stream
+          .recover(503, 'output_lost', 'Part of the response was lost when Redis failed over; retry the request.')
+          .catch((e: unknown) => log.error({ err: e }, 'could not send the error event'));
       } else if (err instanceof AbortError && reason === 'cancelled') {
         // The terminal event ends the request's log, for anyone replaying it later.
         ended = 'cancelled';

@@ -1,6 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
-import type { Logger } from '@llmux/shared';
+import { bullPrefix, createBullRedis, type Logger, type Redis, type RedisTarget } from '@llmux/shared';
 
 /** What the control worker needs from the agent. */
 export interface Controllable {
@@ -20,8 +19,8 @@ export class ControlWorker {
   private readonly worker: Worker;
   private readonly conn: Redis;
 
-  constructor(agent: Controllable, redisUrl: string, queueName: string, log: Logger) {
-    this.conn = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  constructor(agent: Controllable, redis: RedisTarget, queueName: string, log: Logger) {
+    this.conn = createBullRedis(redis, `worker:control:${queueName}`);
     this.conn.on('error', () => {});
     this.worker = new Worker(
       queueName,
@@ -47,7 +46,8 @@ export class ControlWorker {
             throw new Error(`unknown control job "${job.name}"`);
         }
       },
-      { connection: this.conn, concurrency: 1 },
+      // On a cluster the queue's keys need one slot: the prefix is a hash tag (the controller uses the same).
+      { connection: this.conn, concurrency: 1, prefix: bullPrefix(this.conn, queueName) },
     );
     this.worker.on('failed', (job, err) => log.warn({ job: job?.name, id: job?.id, err: err.message }, 'control job failed'));
     this.worker.on('completed', (job) => log.info({ job: job.name, id: job.id }, 'control job done'));

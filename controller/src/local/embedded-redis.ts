@@ -2,29 +2,19 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
-import { ConfigError, freePort, type Logger } from '@llmux/shared';
+import {
+  ConfigError,
+  describeRedis,
+  freePort,
+  redisAnswers,
+  redisConfigOf,
+  redisMode,
+  type Logger,
+  type RedisConfig,
+  type RedisTarget,
+} from '@llmux/shared';
 
-/** Whether a Redis answers PING at `url` within `timeoutMs`. */
-export async function redisAnswers(url: string, timeoutMs = 1000): Promise<boolean> {
-  const r = new Redis(url, {
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: false,
-    connectTimeout: timeoutMs,
-    retryStrategy: () => null,
-  });
-  r.on('error', () => {});
-  try {
-    await r.connect();
-    await r.ping();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    r.disconnect();
-  }
-}
+export { redisAnswers };
 
 /** A redis-server child process with no persistence, in a temporary folder. */
 export class EmbeddedRedis {
@@ -83,18 +73,24 @@ export class EmbeddedRedis {
 }
 
 /**
- * The Redis to use: `url` if it answers; otherwise, when allowed and the URL
- * is the local default, a private redis-server started for this run.
+ * The Redis to use: `target` if it answers; otherwise, when allowed and the
+ * target is a plain local URL (no sentinels, no cluster, no credentials, no
+ * TLS), a private redis-server started for this run.
  */
 export async function ensureRedis(
-  url: string,
+  target: RedisTarget,
   opts: { allowEmbedded: boolean; logger: Logger },
-): Promise<{ url: string; embedded: EmbeddedRedis | null }> {
-  if (await redisAnswers(url)) return { url, embedded: null };
+): Promise<{ url: string; redis: RedisConfig; embedded: EmbeddedRedis | null }> {
+  const c = redisConfigOf(target);
+  const url = c.url;
+  if (await redisAnswers(c)) return { url, redis: c, embedded: null };
+  const where = describeRedis(c);
+  if (redisMode(c) !== 'standalone') throw new ConfigError(`no Redis answers at ${where} (check the REDIS_* settings)`);
   const host = new URL(url).hostname;
   const local = ['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host);
-  if (!opts.allowEmbedded || !local) {
-    throw new ConfigError(`no Redis answers at ${url} (set REDIS_URL, or start redis-server)`);
+  const plain = !c.tls && !c.username && !c.password && !new URL(url).password;
+  if (!opts.allowEmbedded || !local || !plain) {
+    throw new ConfigError(`no Redis answers at ${where} (set REDIS_URL, or start redis-server)`);
   }
   const embedded = await EmbeddedRedis.start().catch((err: unknown) => {
     throw new ConfigError(
@@ -102,5 +98,5 @@ export async function ensureRedis(
     );
   });
   opts.logger.warn({ url: embedded.url }, `no Redis at ${url}; started a private redis-server at ${embedded.url}`);
-  return { url: embedded.url, embedded };
+  return { url: embedded.url, redis: redisConfigOf(embedded.url), embedded };
 }

@@ -1,4 +1,12 @@
-import { createBlockingRedis, ReplyReader, type Keys, type Logger, type Redis, type ReplyEvent } from '@llmux/shared';
+import {
+  createBlockingRedis,
+  ReplyReader,
+  type Keys,
+  type Logger,
+  type Redis,
+  type RedisTarget,
+  type ReplyEvent,
+} from '@llmux/shared';
 import type { Sink } from './sinks.js';
 
 /** How a request is rendered: which API, streamed or not. */
@@ -65,7 +73,7 @@ export class RequestFollowers {
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
-    private readonly redisUrl: string,
+    private readonly redisTarget: RedisTarget,
     private readonly log: Logger,
     /** Told the number of follows after each change (the `llmux_gateway_followers` gauge). */
     private readonly onSize: (n: number) => void = () => {},
@@ -97,7 +105,7 @@ export class RequestFollowers {
   /** Opens the sink and relays events after `after` until the end, the client leaving, or the deadline. */
   follow(o: FollowOptions): void {
     const { meta, rid, after, sink } = o;
-    const conn = createBlockingRedis(this.redisUrl, `gateway:follow:${rid}`);
+    const conn = createBlockingRedis(this.redisTarget, `gateway:follow:${rid}`);
     const markKey = this.keys.requestFollowers(meta.gw, rid);
     const mark = () => void this.redis.set(markKey, '1', 'PX', FOLLOW_MARK_MS).catch(() => {});
     mark();

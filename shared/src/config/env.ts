@@ -1,6 +1,8 @@
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.js';
+import type { RedisConfig, RedisNode } from '../redis/connection.js';
 import type { TracingConfig } from '../tracing/index.js';
 import { formatIssues } from './zod-errors.js';
 
@@ -15,6 +17,25 @@ const logLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'si
 const common = {
   /** Redis to use. Default `redis://127.0.0.1:6379`. */
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  /** Sentinels (`host:port,host:port`): the primary is the one they name REDIS_SENTINEL_NAME. */
+  REDIS_SENTINELS: z.string().optional(),
+  REDIS_SENTINEL_NAME: z.string().min(1).default('mymaster'),
+  REDIS_SENTINEL_USERNAME: z.string().optional(),
+  REDIS_SENTINEL_PASSWORD: z.string().optional(),
+  /** Seed nodes of a Redis Cluster (`host:port,host:port`). */
+  REDIS_CLUSTER_NODES: z.string().optional(),
+  /** ACL user and password of the data nodes (credentials in REDIS_URL take precedence). */
+  REDIS_USERNAME: z.string().optional(),
+  REDIS_PASSWORD: z.string().optional(),
+  /** TLS to Redis without a `rediss://` URL (sentinel, cluster). */
+  REDIS_TLS: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
+  /** PEM files: the CA that signed the servers' certificates; a client certificate and key (mutual TLS). */
+  REDIS_TLS_CA: z.string().optional(),
+  REDIS_TLS_CERT: z.string().optional(),
+  REDIS_TLS_KEY: z.string().optional(),
   /** Prefix of every Redis key. Default `llm`. */
   KEY_PREFIX: z
     .string()
@@ -190,9 +211,71 @@ function parse<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<
   return r.data;
 }
 
+/** `host:port,host:port` as nodes; a ConfigError naming `name` when malformed. */
+function nodesOf(name: string, v: string): RedisNode[] {
+  const nodes = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => {
+      const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(s);
+      const port = m ? Number(m[2]) : NaN;
+      if (!m || port < 1 || port > 65535) throw new ConfigError(`invalid environment: ${name}: "${s}" is not host:port`);
+      return { host: m[1]!, port };
+    });
+  if (nodes.length === 0) throw new ConfigError(`invalid environment: ${name}: no host:port given`);
+  return nodes;
+}
+
+type RedisEnv = {
+  REDIS_URL: string;
+  REDIS_SENTINELS?: string;
+  REDIS_SENTINEL_NAME: string;
+  REDIS_SENTINEL_USERNAME?: string;
+  REDIS_SENTINEL_PASSWORD?: string;
+  REDIS_CLUSTER_NODES?: string;
+  REDIS_USERNAME?: string;
+  REDIS_PASSWORD?: string;
+  REDIS_TLS: boolean;
+  REDIS_TLS_CA?: string;
+  REDIS_TLS_CERT?: string;
+  REDIS_TLS_KEY?: string;
+};
+
+/** The Redis connection settings (standalone, sentinel or cluster; credentials; TLS). */
+function redisOf(e: RedisEnv): RedisConfig {
+  if (e.REDIS_SENTINELS && e.REDIS_CLUSTER_NODES) {
+    throw new ConfigError('invalid environment: REDIS_SENTINELS and REDIS_CLUSTER_NODES: set one or the other');
+  }
+  const tlsOn = e.REDIS_TLS || e.REDIS_URL.startsWith('rediss:');
+  for (const name of ['REDIS_TLS_CA', 'REDIS_TLS_CERT', 'REDIS_TLS_KEY'] as const) {
+    const path = e[name];
+    if (!path) continue;
+    if (!tlsOn) throw new ConfigError(`invalid environment: ${name}: needs REDIS_TLS=true or a rediss:// REDIS_URL`);
+    if (!existsSync(path)) throw new ConfigError(`invalid environment: ${name}: no file at ${path}`);
+  }
+  if (!e.REDIS_TLS_CERT !== !e.REDIS_TLS_KEY) {
+    throw new ConfigError('invalid environment: REDIS_TLS_CERT and REDIS_TLS_KEY: set both or neither');
+  }
+  return {
+    url: e.REDIS_URL,
+    sentinels: e.REDIS_SENTINELS ? nodesOf('REDIS_SENTINELS', e.REDIS_SENTINELS) : null,
+    sentinelName: e.REDIS_SENTINEL_NAME,
+    sentinelUsername: e.REDIS_SENTINEL_USERNAME ?? null,
+    sentinelPassword: e.REDIS_SENTINEL_PASSWORD ?? null,
+    clusterNodes: e.REDIS_CLUSTER_NODES ? nodesOf('REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES) : null,
+    username: e.REDIS_USERNAME ?? null,
+    password: e.REDIS_PASSWORD ?? null,
+    tls: tlsOn ? { ca: e.REDIS_TLS_CA ?? null, cert: e.REDIS_TLS_CERT ?? null, key: e.REDIS_TLS_KEY ?? null } : null,
+  };
+}
+
 /** Options common to every process. */
 export interface CommonConfig {
+  /** REDIS_URL as given (with sentinels or cluster nodes, see `redis`). */
   redisUrl: string;
+  /** How to reach Redis: pass this, not `redisUrl`, to the connection factory. */
+  redis: RedisConfig;
   keyPrefix: string;
   logLevel: string;
   /** OpenTelemetry tracing; null when off (the default). */
@@ -266,6 +349,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
   const e = parse(gatewayEnv, env);
   return {
     redisUrl: e.REDIS_URL,
+    redis: redisOf(e),
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
     tracing: tracingOf(e),
@@ -289,6 +373,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
   const e = parse(workerEnv, env);
   return {
     redisUrl: e.REDIS_URL,
+    redis: redisOf(e),
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
     tracing: tracingOf(e),
@@ -320,6 +405,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv = process.env): Cont
   const e = parse(controllerEnv, env);
   return {
     redisUrl: e.REDIS_URL,
+    redis: redisOf(e),
     keyPrefix: e.KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
     tracing: tracingOf(e),

@@ -6,3 +6,4 @@ export * from './cancellation.js';
 export * from './registry.js';
 export * from './scripts.js';
 export * from './request-log.js';
+export * from './slots.js';

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { deploymentSchema, type Deployment, type DeploymentsFile } from '../config/deployments.js';
+import { getMany } from './connection.js';
 import type { Keys } from './keys.js';
 
 /** The deployments the controller published, as every process reads them. */
@@ -82,7 +83,11 @@ export class WorkerRegistry {
   async prune(): Promise<void> {
     const ids = await this.redis.zrange(this.keys.workers(), '0', '-1');
     if (ids.length === 0) return;
-    const values = await this.redis.mget(ids.map((id) => this.keys.worker(id)));
+    // Status keys of different workers live in different cluster slots: getMany splits there.
+    const values = await getMany(
+      this.redis,
+      ids.map((id) => this.keys.worker(id)),
+    );
     const dead = ids.filter((_, i) => values[i] === null);
     if (dead.length > 0) await this.redis.zrem(this.keys.workers(), ...dead);
   }
@@ -91,7 +96,11 @@ export class WorkerRegistry {
   async live(): Promise<WorkerStatus[]> {
     const ids = await this.redis.zrange(this.keys.workers(), '0', '-1');
     if (ids.length === 0) return [];
-    const values = await this.redis.mget(ids.map((id) => this.keys.worker(id)));
+    // Status keys of different workers live in different cluster slots: getMany splits there.
+    const values = await getMany(
+      this.redis,
+      ids.map((id) => this.keys.worker(id)),
+    );
     const out: WorkerStatus[] = [];
     for (const v of values) {
       if (!v) continue;
