@@ -6,6 +6,7 @@ import {
   timeRedis,
   type BeginResult,
   type DispatchResult,
+  type EmitMode,
   type prom,
   type ReplyEvent,
   type StreamEntries,
@@ -32,8 +33,8 @@ export class TimedRequestLog extends RequestLog {
     return timeRedis(this.h, 'begin', () => super.begin(gw, rid, token, maxAttempts, ttlMs));
   }
 
-  override emit(gw: string, token: string, ttlMs: number, ev: ReplyEvent): Promise<number> {
-    return timeRedis(this.h, 'emit', () => super.emit(gw, token, ttlMs, ev));
+  override emit(gw: string, token: string, ttlMs: number, ev: ReplyEvent, mode?: EmitMode): Promise<number> {
+    return timeRedis(this.h, 'emit', () => super.emit(gw, token, ttlMs, ev, mode));
   }
 }
 

@@ -1,9 +1,13 @@
-import { FENCED, type FinishReason, type ReplyEvent } from '@llmux/shared';
+import { FENCED, LOST, type EmitMode, type FinishReason, type ReplyEvent } from '@llmux/shared';
 
 /** Where a request's events go: the fenced request log (RequestLog) in production. */
 export interface EventWriter {
-  /** Sends one event as `token`; resolves with its seq, or FENCED / ALREADY_ENDED. */
-  emit(gatewayId: string, token: string, ttlMs: number, ev: ReplyEvent): Promise<number>;
+  /**
+   * Sends one event as `token`; resolves with its seq, or FENCED /
+   * ALREADY_ENDED / LOST. With `checked`, `ev.seq` is the number the event
+   * must get; with `restore`, the number to take the request back at.
+   */
+  emit(gatewayId: string, token: string, ttlMs: number, ev: ReplyEvent, mode?: EmitMode): Promise<number>;
 }
 
 export interface RequestStreamOptions {
@@ -20,6 +24,15 @@ export interface RequestStreamOptions {
   maxBatchTokens: number;
   /** Called once if Redis says another attempt owns the request now. */
   onFenced?: () => void;
+  /**
+   * The sequence number of this attempt's first event (`begin`'s seq). When
+   * given, every event is sent `checked` against the number it must get, so
+   * events Redis lost (a failover) are noticed (`lost`, `onLost`) instead of
+   * the stream going on with a hole the client cannot see.
+   */
+  seq?: number;
+  /** Called once if Redis lost events of this attempt, or the request's state. */
+  onLost?: () => void;
 }
 
 /**
@@ -39,8 +52,40 @@ export class RequestStream {
   private last: Promise<unknown> = Promise.resolve();
   /** The first emit that failed, reported by the terminal event's promise. */
   private failure: unknown = null;
+  /** True once Redis answered LOST: events of this attempt are gone from Redis. */
+  lost = false;
+  /** The number the next event must get (checked mode), or null (unchecked). */
+  private nextSeq: number | null;
 
-  constructor(private readonly o: RequestStreamOptions) {}
+  constructor(private readonly o: RequestStreamOptions) {
+    this.nextSeq = o.seq ?? null;
+  }
+
+  /** Checks every later event against the number it must get, starting at `seq` (`begin`'s). */
+  expectFrom(seq: number): void {
+    this.nextSeq = seq;
+  }
+
+  /** Whether an event could not be written (an error, or lost): what the client saw may have a hole. */
+  get broken(): boolean {
+    return this.lost || this.failure !== null;
+  }
+
+  /**
+   * Ends a broken stream (see `broken`) with an error event the gateway
+   * delivers whatever it saw: the event takes the request back at the number
+   * after every event this attempt sent. Resolves when Redis has it; rejects
+   * when it could not be written either.
+   */
+  recover(status: number, code: string, message: string): Promise<void> {
+    this.ended = true;
+    this.o.flusher.unmark(this);
+    const seq = this.nextSeq ?? 0;
+    const ev: ReplyEvent = { rid: this.o.rid, seq, type: 'error', status, code, message };
+    return this.o.writer.emit(this.o.gatewayId, this.o.token, this.o.retainMs, ev, 'restore').then((r) => {
+      if (r === FENCED) throw new Error('another attempt owns the request');
+    });
+  }
 
   get rid(): string {
     return this.o.rid;
@@ -107,14 +152,25 @@ export class RequestStream {
 
   private send(ev: ReplyEvent): void {
     const ttl = ev.type === 'tokens' ? this.o.ttlMs : this.o.retainMs;
-    const p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev).then((seq) => {
+    let p: Promise<void>;
+    const then = (seq: number) => {
       if (seq === FENCED && !this.fenced) {
         this.fenced = true;
         this.ended = true;
         this.o.flusher.unmark(this);
         this.o.onFenced?.();
+      } else if (seq === LOST && !this.lost) {
+        this.lost = true;
+        this.ended = true;
+        this.o.flusher.unmark(this);
+        this.o.onLost?.();
       }
-    });
+    };
+    if (this.nextSeq === null) p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev).then(then);
+    else {
+      ev.seq = this.nextSeq++; // a fresh event object, built by flush() or end()
+      p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev, 'checked').then(then);
+    }
     p.catch((err: unknown) => {
       this.failure ??= err;
     });

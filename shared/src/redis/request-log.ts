@@ -10,6 +10,17 @@ export type BeginResult =
 /** `emit` results besides a sequence number. */
 export const FENCED = -1;
 export const ALREADY_ENDED = -2;
+/** Events this attempt wrote are gone from Redis (lost in a failover), or the request's state is. */
+export const LOST = -3;
+
+/**
+ * How `emit` treats the event's `seq`: `unchecked` ignores it; `checked`
+ * expects the event to get exactly that number (writes nothing and answers
+ * LOST when Redis is behind, answers the number without writing again when
+ * Redis is past it); `restore` first sets the request's next number to it
+ * (after LOST, for the error event that ends the request).
+ */
+export type EmitMode = 'unchecked' | 'checked' | 'restore';
 
 /**
  * A request's durable state and output, kept beside its gateway's reply
@@ -37,19 +48,21 @@ export class RequestLog {
   }
 
   /**
-   * Sends one event as `token`. The event's `seq` is assigned here (the
-   * caller's is ignored). Resolves with the seq, FENCED or ALREADY_ENDED.
+   * Sends one event as `token`. The event's `seq` is assigned by Redis; the
+   * caller's is the expected one in `checked` and `restore` mode (see
+   * EmitMode). Resolves with the seq, FENCED, ALREADY_ENDED or LOST.
    */
-  async emit(gw: string, token: string, ttlMs: number, ev: ReplyEvent): Promise<number> {
+  async emit(gw: string, token: string, ttlMs: number, ev: ReplyEvent, mode: EmitMode = 'unchecked'): Promise<number> {
     const fields = encodeEvent(ev);
     // encodeEvent starts with rid, <rid>, seq, <seq>: the script puts its own seq there.
     const rest = fields.slice(4);
     const text = ev.type === 'tokens' ? ev.text : '';
     const n = ev.type === 'tokens' ? ev.n : 0;
+    const expect = mode === 'unchecked' ? '' : mode === 'restore' ? `!${ev.seq}` : String(ev.seq);
     const r = await scripts.emit.run(
       this.redis,
       [this.keys.requestState(gw, ev.rid), this.keys.requestLog(gw, ev.rid), this.keys.replies(gw)],
-      [token, Math.max(1, Math.round(ttlMs)), this.replyMaxLen, ev.type, text, n, ev.rid, ...rest],
+      [token, Math.max(1, Math.round(ttlMs)), this.replyMaxLen, ev.type, text, n, ev.rid, expect, ...rest],
     );
     return Number(r);
   }
