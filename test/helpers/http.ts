@@ -1,3 +1,4 @@
+import { connect, type Socket } from 'node:net';
 /** One parsed SSE event: its `data` payload (and `id`, when sent). */
 export interface SseEvent {
   data: string;
@@ -53,4 +54,37 @@ export async function post(
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   return { status: res.status, headers: res.headers, text: await res.text() };
+}
+
+/**
+ * A client that sends a streaming chat request, reads the response head (for
+ * the request id), then reads nothing more: its socket is paused, so the
+ * kernel's buffers fill and the gateway's writes stop draining.
+ */
+export function slowReader(url: string, body: unknown): Promise<{ rid: string; socket: Socket; closed: Promise<void> }> {
+  const u = new URL(url);
+  const json = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(u.port), u.hostname);
+    const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    let head = '';
+    socket.on('error', () => {}); // the gateway drops the connection on purpose
+    socket.once('connect', () => {
+      socket.write(
+        `POST /v1/chat/completions HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
+      );
+    });
+    const onData = (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      socket.off('data', onData);
+      socket.pause(); // from here on, read nothing
+      const rid = /^x-request-id: (\S+)$/im.exec(head.slice(0, end))?.[1];
+      if (!/^HTTP\/1\.1 200/.test(head) || !rid) reject(new Error(`unexpected response: ${head.slice(0, 300)}`));
+      else resolve({ rid, socket, closed });
+    };
+    socket.on('data', onData);
+  });
 }

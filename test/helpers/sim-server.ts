@@ -9,6 +9,23 @@ const require = createRequire(import.meta.url);
 /** The sim server's entry module (worker-agent/dist/sim-server/main.js). */
 export const SIM_SERVER_MAIN = require.resolve('@llmux/worker-agent').replace(/index\.js$/, 'sim-server/main.js');
 
+/**
+ * A `vllm` engine whose process is the sim server (5 ms to the first token,
+ * 10 ms between tokens): the real process management of the vllm engine,
+ * without a GPU.
+ */
+export function vllmOnSimServer() {
+  return {
+    type: 'vllm',
+    command: process.execPath,
+    commandArgs: [SIM_SERVER_MAIN],
+    args: ['--ttft-ms', '5', '--itl-ms', '10'],
+    model: 'org/sim-model',
+    healthTimeoutMs: 20_000,
+    metricsIntervalMs: 50,
+  };
+}
+
 /** One JSON event line of `--log-requests`. */
 export type SimEvent = { event: string; id?: string; state?: string; finish?: string; tokens?: number };
 

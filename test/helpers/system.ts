@@ -8,7 +8,7 @@ import {
   type Redis,
 } from '@llmux/shared';
 import { entryOf, TestProcess } from './processes.js';
-import { startTestRedis, type TestRedis } from './redis.js';
+import { startTestRedis, type TestRedis, type TestRedisOptions } from './redis.js';
 
 export interface WorkerSpec {
   /** Deployments this worker serves (WORKER_MODELS). Default: all. */
@@ -21,6 +21,8 @@ export interface SystemOptions {
   deployments: unknown;
   workers?: WorkerSpec[];
   gatewayEnv?: NodeJS.ProcessEnv;
+  /** How to run the private Redis (e.g. with the append-only file on). */
+  redis?: TestRedisOptions;
 }
 
 /**
@@ -30,6 +32,8 @@ export interface SystemOptions {
 export class TestSystem {
   workers: TestProcess[] = [];
   gateway!: TestProcess;
+  /** Gateways started with addGateway(), stopped with the system. */
+  readonly gateways: TestProcess[] = [];
   url = '';
   redis!: Redis;
   keys!: Keys;
@@ -37,7 +41,7 @@ export class TestSystem {
   private constructor(readonly testRedis: TestRedis) {}
 
   static async start(opts: SystemOptions): Promise<TestSystem> {
-    const sys = new TestSystem(await startTestRedis());
+    const sys = new TestSystem(await startTestRedis(opts.redis));
     try {
       await sys.init(opts);
     } catch (err) {
@@ -78,8 +82,24 @@ export class TestSystem {
     return w;
   }
 
+  /** Starts one more gateway on the same Redis and waits until it is ready; resolves with its URL. */
+  async addGateway(env: NodeJS.ProcessEnv = {}): Promise<{ proc: TestProcess; url: string }> {
+    const proc = new TestProcess(`gateway-${this.gateways.length + 1}`, entryOf('@llmux/gateway'), {
+      ...this.env,
+      PORT: '0',
+      ...env,
+    });
+    this.gateways.push(proc);
+    const ready = await proc.ready();
+    return { proc, url: String(ready.url) };
+  }
+
   async stop(): Promise<void> {
-    await Promise.allSettled([...(this.gateway ? [this.gateway.stop()] : []), ...this.workers.map((w) => w.stop())]);
+    await Promise.allSettled([
+      ...(this.gateway ? [this.gateway.stop()] : []),
+      ...this.gateways.map((g) => g.stop()),
+      ...this.workers.map((w) => w.stop()),
+    ]);
     this.redis?.disconnect();
     await this.testRedis.stop();
   }

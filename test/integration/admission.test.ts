@@ -1,10 +1,9 @@
 import { readFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
 import { expect } from 'chai';
 import { deferred } from '@llmux/shared';
 import { TestSystem } from '../helpers/system.js';
 import { entryOf, TestProcess } from '../helpers/processes.js';
-import { parseSse, post } from '../helpers/http.js';
+import { parseSse, post, slowReader } from '../helpers/http.js';
 
 interface ErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -18,39 +17,6 @@ function rssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   if (!m) throw new Error(`no VmRSS for pid ${pid}`);
   return Number(m[1]);
-}
-
-/**
- * A client that sends a streaming request, reads the response head (for the
- * request id), then reads nothing more: the socket is paused, so the kernel's
- * buffers fill and the gateway's writes stop draining.
- */
-function slowReader(url: string, body: unknown): Promise<{ rid: string; socket: Socket; closed: Promise<void> }> {
-  const u = new URL(url);
-  const json = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const socket = connect(Number(u.port), u.hostname);
-    const closed = new Promise<void>((r) => socket.once('close', () => r()));
-    let head = '';
-    socket.on('error', () => {}); // the gateway drops the connection on purpose
-    socket.once('connect', () => {
-      socket.write(
-        `POST /v1/chat/completions HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/json\r\n` +
-          `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
-      );
-    });
-    const onData = (chunk: Buffer) => {
-      head += chunk.toString('latin1');
-      const end = head.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      socket.off('data', onData);
-      socket.pause(); // from here on, read nothing
-      const rid = /^x-request-id: (\S+)$/im.exec(head.slice(0, end))?.[1];
-      if (!/^HTTP\/1\.1 200/.test(head) || !rid) reject(new Error(`unexpected response: ${head.slice(0, 300)}`));
-      else resolve({ rid, socket, closed });
-    };
-    socket.on('data', onData);
-  });
 }
 
 /**

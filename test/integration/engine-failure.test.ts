@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { TestSystem } from '../helpers/system.js';
-import { SIM_SERVER_MAIN, SimServerProcess, story } from '../helpers/sim-server.js';
+import { SimServerProcess, story, vllmOnSimServer } from '../helpers/sim-server.js';
 import { parseSse } from '../helpers/http.js';
 import { expectComplete, openStream, replyEvents } from '../helpers/streams.js';
 
@@ -28,15 +28,7 @@ describe('engine failures', function () {
         models: [
           {
             name: 'gpu-model',
-            engine: {
-              type: 'vllm',
-              command: process.execPath,
-              commandArgs: [SIM_SERVER_MAIN],
-              args: ['--ttft-ms', '5', '--itl-ms', '10'],
-              model: 'org/sim-model',
-              healthTimeoutMs: 20_000,
-              metricsIntervalMs: 50,
-            },
+            engine: vllmOnSimServer(),
             concurrency: 4,
           },
         ],

@@ -3,41 +3,28 @@ import { connect } from 'node:net';
 import { expect } from 'chai';
 import { TestSystem } from '../helpers/system.js';
 import { post } from '../helpers/http.js';
+import { Rng } from '../helpers/rng.js';
 
 /**
  * Generated malformed requests against a real gateway and worker: mutations of
  * valid bodies (types, ranges, nesting, lengths, broken and truncated JSON,
  * bad bytes, BOMs, duplicate and prototype keys, content types), header abuse
- * and method and path abuse, sent as raw bytes. Every answer must be a 4xx
- * (or, for what Node's HTTP parser drops, a closed connection), never a 5xx,
- * a 2xx or a hang. The cases come from a seeded PRNG: set HOSTILE_SEED to
- * replay a run, HOSTILE_COUNT to change how many cases are generated.
+ * and method and path abuse, sent as raw bytes. Structure-aware mutations
+ * start from a valid body using most fields of the API and change one node at
+ * any depth so the body is surely invalid (a type the schema refuses there, a
+ * required field removed, an unknown key in a closed object, a value out of
+ * its enum, range, length or count, a node wrapped in an array or object),
+ * written with noise that keeps the value (key order, whitespace, \u escapes,
+ * number notation). Nesting goes up to 100,000 deep at spots where nothing
+ * nested is allowed; invalid UTF-8 goes into values that are refused anyway
+ * and into headers; valid bodies go to the POST routes with other methods.
+ * Every answer must be a 4xx (or, for what Node's HTTP parser drops, a closed
+ * connection), never a 5xx, a 2xx or a hang. The cases come from a seeded
+ * PRNG: set HOSTILE_SEED to replay a run, HOSTILE_COUNT to change how many
+ * cases are generated (1,200 by default; `npm run test:faults` runs 10,000).
  */
 
 // ---------------------------------------------------------------- PRNG
-
-/** mulberry32: small, fast, and the same sequence on every machine. */
-class Rng {
-  constructor(private s: number) {}
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) | 0;
-    let t = Math.imul(this.s ^ (this.s >>> 15), 1 | this.s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  between(lo: number, hi: number): number {
-    return lo + this.int(hi - lo + 1);
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)]!;
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-}
 
 // ---------------------------------------------------------------- cases
 
@@ -781,12 +768,478 @@ const pathGens: Record<string, Gen> = {
   },
 };
 
+// ---------------------------------------------------------------- structure-aware mutations
+
+/** A JSON value as the generator builds it. */
+type J = null | boolean | number | string | J[] | { [k: string]: J };
+type JType = 'null' | 'boolean' | 'number' | 'string' | 'array' | 'object';
+type Path = (string | number)[];
+
+const typeOf = (v: J): JType => (v === null ? 'null' : Array.isArray(v) ? 'array' : (typeof v as JType));
+
+/** A valid chat body using most of the fields the gateway accepts, nested ones included. */
+function richChat(r: Rng): Record<string, J> {
+  const message = (): Record<string, J> => {
+    const m: Record<string, J> = { role: r.pick(['system', 'developer', 'user', 'user']) };
+    m.content = r.chance(0.6)
+      ? `${r.pick(WORDS)} ${r.pick(WORDS)}`
+      : Array.from({ length: r.between(1, 3) }, (): J => ({ type: 'text', text: r.pick(WORDS) }));
+    if (r.chance(0.2)) m.name = r.pick(['alice', 'bob']);
+    return m;
+  };
+  const body: Record<string, J> = {
+    model: MODEL,
+    messages: [...Array.from({ length: r.between(0, 3) }, message), { role: 'user', content: r.pick(WORDS) }],
+    max_tokens: r.between(1, 8),
+  };
+  const optional: [string, () => J][] = [
+    ['temperature', () => r.pick([0, 0.7, 2])],
+    ['top_p', () => r.pick([0, 0.9, 1])],
+    ['stop', () => (r.chance(0.5) ? 'END' : ['END', 'STOP'])],
+    ['seed', () => r.between(-1000, 1000)],
+    ['stream', () => r.chance(0.5)],
+    ['stream_options', () => ({ include_usage: r.chance(0.5) })],
+    ['presence_penalty', () => r.pick([-2, 0, 1.5])],
+    ['frequency_penalty', () => r.pick([-1, 0, 2])],
+    ['n', () => 1],
+    ['user', () => 'user-1'],
+    ['metadata', () => ({ k: 'v', team: 'a' })],
+    ['store', () => false],
+    ['service_tier', () => r.pick(['auto', 'default', 'flex', 'priority'])],
+    ['logprobs', () => false],
+    ['response_format', () => ({ type: 'text' })],
+    ['modalities', () => ['text']],
+    ['parallel_tool_calls', () => r.chance(0.5)],
+    ['tools', () => []],
+    ['tool_choice', () => 'none'],
+    ['max_completion_tokens', () => r.between(1, 8)],
+    ['top_logprobs', () => 0],
+    ['logit_bias', () => ({})],
+  ];
+  for (const [k, make] of optional) if (r.chance(0.35)) body[k] = make();
+  return body;
+}
+
+/** A valid completion body with the completion API's own fields. */
+function richCompletion(r: Rng): Record<string, J> {
+  const body: Record<string, J> = {
+    model: MODEL,
+    prompt: r.chance(0.7) ? r.pick(WORDS) : [r.pick(WORDS)],
+    max_tokens: r.between(1, 8),
+  };
+  const optional: [string, () => J][] = [
+    ['temperature', () => r.pick([0, 1])],
+    ['stop', () => ['\n']],
+    ['stream', () => r.chance(0.5)],
+    ['stream_options', () => ({ include_usage: true })],
+    ['echo', () => false],
+    ['best_of', () => 1],
+    ['seed', () => 7],
+    ['logit_bias', () => ({})],
+    ['user', () => 'u'],
+  ];
+  for (const [k, make] of optional) if (r.chance(0.35)) body[k] = make();
+  return body;
+}
+
+const NUMBERS = [
+  'temperature',
+  'top_p',
+  'seed',
+  'presence_penalty',
+  'frequency_penalty',
+  'max_tokens',
+  'n',
+  'max_completion_tokens',
+  'top_logprobs',
+  'best_of',
+];
+
+/** The JSON types the schema allows at `path` (a null set: a path the generator does not know). */
+function allowedAt(kind: Kind, path: Path): Set<JType> | null {
+  const T = (...t: JType[]) => new Set<JType>(t);
+  const [a, b, c, d, e] = path;
+  if (path.length === 1) {
+    const k = String(a);
+    if (k === 'model') return T('string');
+    if (k === 'messages') return T('array');
+    if (k === 'prompt') return T('string', 'array');
+    if (NUMBERS.includes(k)) return T('number', 'null');
+    if (k === 'stop') return T('string', 'array', 'null');
+    if (['stream', 'store', 'parallel_tool_calls', 'echo'].includes(k)) return T('boolean', 'null');
+    if (['stream_options', 'response_format', 'metadata', 'logit_bias'].includes(k)) return T('object', 'null');
+    if (k === 'logprobs') return T('boolean', 'number', 'null');
+    if (['user', 'service_tier', 'tool_choice'].includes(k)) return T('string', 'null');
+    if (['modalities', 'tools'].includes(k)) return T('array', 'null');
+    return null;
+  }
+  if (a === 'messages' && kind === 'chat') {
+    if (path.length === 2) return T('object');
+    if (c === 'role' || c === 'name') return path.length === 3 ? T('string') : null;
+    if (c === 'refusal') return path.length === 3 ? T('string', 'null') : null;
+    if (c === 'content') {
+      if (path.length === 3) return T('string', 'array', 'null');
+      if (path.length === 4) return T('object');
+      if (path.length === 5 && (e === 'type' || e === 'text')) return T('string');
+      void d;
+    }
+    return null;
+  }
+  if (path.length === 2) {
+    if (a === 'stop' || a === 'modalities' || a === 'prompt') return T('string');
+    if (a === 'stream_options' && b === 'include_usage') return T('boolean');
+    if (a === 'metadata') return T('string');
+    if (a === 'logit_bias') return T('number');
+    if (a === 'response_format' && b === 'type') return T('string');
+  }
+  return null;
+}
+
+/** Every path in `v` (not the root), depth first. */
+function pathsOf(v: J, prefix: Path = []): Path[] {
+  const out: Path[] = [];
+  if (Array.isArray(v)) v.forEach((x, i) => out.push([...prefix, i], ...pathsOf(x, [...prefix, i])));
+  else if (v !== null && typeof v === 'object')
+    for (const [k, x] of Object.entries(v)) out.push([...prefix, k], ...pathsOf(x, [...prefix, k]));
+  return out;
+}
+
+function getAt(v: J, path: Path): J {
+  let x: J = v;
+  for (const k of path) x = (x as Record<string | number, J>)[k]!;
+  return x;
+}
+
+function setAt(v: J, path: Path, value: J | undefined): void {
+  const parent = getAt(v, path.slice(0, -1)) as Record<string | number, J>;
+  const k = path.at(-1)!;
+  if (value === undefined) {
+    if (Array.isArray(parent)) parent.splice(Number(k), 1);
+    else delete parent[k];
+  } else parent[k] = value;
+}
+
+/** A value of JSON type `t`. */
+function valueOf(r: Rng, t: JType): J {
+  switch (t) {
+    case 'null':
+      return null;
+    case 'boolean':
+      return r.chance(0.5);
+    case 'number':
+      return r.pick([0, 1, -1, 0.5, 1e300, -1e-300, 123456789]);
+    case 'string':
+      return r.pick(['', 'x', '1', 'true', 'null', '[]', '{}', 'sim', '\u0000', '\ud83d\ude00']);
+    case 'array':
+      return r.pick([[], [1], ['x'], [null], [[]], [{}]] as J[]);
+    default:
+      return r.pick([{}, { a: 1 }, { type: 'text' }, { '': null }] as J[]);
+  }
+}
+
+/** Closed objects: a key the schema does not name is refused there. Keys that look close to valid ones. */
+const UNKNOWN_KEYS = [
+  'Model',
+  'MESSAGES',
+  'max-tokens',
+  'maxTokens',
+  'temperature ',
+  ' model',
+  'stream\u0000',
+  'x',
+  '',
+  'tools_choice',
+  'ÿ',
+  'roles',
+];
+
+/** Values each field refuses although their type is right (enum, range, length, count). */
+function semanticBreak(r: Rng, kind: Kind, path: Path, v: J, body: Record<string, J>): J | undefined {
+  const [a, , c, , e] = path;
+  const long = (n: number) => 'y'.repeat(n);
+  if (path.length === 1) {
+    switch (a) {
+      case 'temperature':
+        return r.pick([-0.01, 2.01, 1e9]);
+      case 'top_p':
+        return r.pick([-0.5, 1.01]);
+      case 'max_tokens':
+        // Beside max_completion_tokens (which wins), a max_tokens the context cannot hold goes unused.
+        return r.pick(body.max_completion_tokens === undefined ? [0, -3, 1.5, CONTEXT, 1_000_001] : [0, -3, 1.5, 1_000_001]);
+      case 'max_completion_tokens':
+        return r.pick([0, -3, 1.5, CONTEXT, 1_000_001]);
+      case 'n':
+      case 'best_of':
+        return r.pick([0, 2, 1.5]);
+      case 'seed':
+        return r.pick([2 ** 54, -(2 ** 54), 0.25]);
+      case 'presence_penalty':
+      case 'frequency_penalty':
+        return r.pick([-2.5, 2.5]);
+      case 'top_logprobs':
+        return r.pick([1, 5]);
+      case 'logprobs':
+        return r.pick([true, 3]);
+      case 'messages':
+        return [];
+      case 'stop':
+        return r.pick([long(513), Array.from({ length: 17 }, (_, i) => `s${i}`), [''], ['ok', long(600)]] as J[]);
+      case 'service_tier':
+        return r.pick(['turbo', long(33), 'highest']);
+      case 'tool_choice':
+        return r.pick(['auto', 'required', 'None']);
+      case 'modalities':
+        return r.pick([['audio'], ['text', 'text', 'text'], ['TEXT']] as J[]);
+      case 'tools':
+        return [{ type: 'function', function: { name: 'f' } }];
+      case 'metadata':
+        return r.chance(0.5) ? Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) : { [long(65)]: 'v' };
+      case 'logit_bias':
+        return { '50256': -100 };
+      case 'user':
+        return long(513);
+      case 'model':
+        return r.pick(['', long(257), 'nope', `${MODEL} `]);
+      case 'prompt':
+        return kind === 'completion' ? r.pick([[], ['a', 'b'], [[1, 2]]] as J[]) : undefined;
+      case 'echo':
+        return true;
+      case 'response_format':
+        return r.pick([{ type: 'json_object' }, { type: 'text', json_schema: {} }] as J[]);
+      case 'stream_options':
+        return { include_usage: true, continuous_usage_stats: true };
+    }
+    return undefined;
+  }
+  if (a === 'messages' && kind === 'chat') {
+    if (path.length === 3 && c === 'role') return r.pick(['User', 'USER', 'wizard', '', 'function', 'bot']);
+    if (path.length === 3 && c === 'name') return long(257);
+    if (path.length === 3 && c === 'content' && Array.isArray(v))
+      return Array.from({ length: 1025 }, (): J => ({ type: 'text', text: 'x' }));
+    if (path.length === 5 && e === 'type') return r.pick(['Text', 'image_url', 'input_audio', '']);
+  }
+  if (path.length === 2) {
+    if (a === 'stop') return r.pick(['', long(513)]);
+    if (a === 'modalities') return r.pick(['audio', 'Text']);
+    if (a === 'metadata') return long(513);
+    if (a === 'response_format') return r.pick(['json_schema', 'TEXT']);
+    if (a === 'prompt') return undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Serializes JSON with changes that keep it equal as a value: keys in another
+ * order, whitespace between tokens, characters written as \u escapes, numbers
+ * in another notation. So the parser sees varied text for the same body.
+ */
+function serialize(r: Rng, v: J, noise: boolean): string {
+  const ws = () => (noise && r.chance(0.2) ? r.pick([' ', '\n', '\t', '\r\n', '  ']) : '');
+  const str = (s: string) => {
+    if (!noise || !r.chance(0.3)) return j(s);
+    return `"${[...s].map((ch) => (r.chance(0.3) || ch === '"' || ch === '\\' || ch < ' ' ? `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}` : ch)).join('')}"`;
+  };
+  const num = (n: number) => {
+    if (!noise || !Number.isInteger(n) || Math.abs(n) > 1e15 || !r.chance(0.3)) return j(n);
+    return r.pick([`${n}.0`, `${n}e0`, `${n}E+0`, `${n}.000`]);
+  };
+  const go = (x: J): string => {
+    if (x === null || typeof x === 'boolean') return j(x);
+    if (typeof x === 'number') return num(x);
+    if (typeof x === 'string') return str(x);
+    if (Array.isArray(x)) return `[${ws()}${x.map((y) => go(y)).join(`${ws()},${ws()}`)}${ws()}]`;
+    const entries = Object.entries(x);
+    if (noise && r.chance(0.5)) {
+      for (let i = entries.length - 1; i > 0; i--) {
+        const k = r.int(i + 1);
+        [entries[i], entries[k]] = [entries[k]!, entries[i]!];
+      }
+    }
+    return `{${ws()}${entries.map(([k, y]) => `${str(k)}${ws()}:${ws()}${go(y)}`).join(`${ws()},${ws()}`)}${ws()}}`;
+  };
+  return ws() + go(v) + ws();
+}
+
+/** One mutation of a valid body that makes it surely invalid, and what it did. */
+function mutate(r: Rng, kind: Kind, body: Record<string, J>): string {
+  const paths = pathsOf(body);
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const op = r.pick(['type', 'type', 'delete', 'unknown-key', 'semantic', 'semantic', 'wrap'] as const);
+    if (op === 'delete') {
+      const required = paths.filter(
+        (p) =>
+          (p.length === 1 && (p[0] === 'model' || p[0] === (kind === 'chat' ? 'messages' : 'prompt'))) ||
+          (kind === 'chat' &&
+            p[0] === 'messages' &&
+            ((p.length === 3 && p[2] === 'role') || (p.length === 5 && (p[4] === 'type' || p[4] === 'text')))),
+      );
+      const p = r.pick(required);
+      setAt(body, p, undefined);
+      return `deleted required ${p.join('.')}`;
+    }
+    if (op === 'unknown-key') {
+      // Closed objects: the body, a message, a content part, stream_options, response_format;
+      // and logit_bias, which must be empty. (metadata is open: any key up to 16.)
+      const closed: Path[] = [
+        [],
+        ...paths.filter(
+          (p) =>
+            typeOf(getAt(body, p)) === 'object' &&
+            ((p.length === 1 && ['stream_options', 'response_format', 'logit_bias'].includes(String(p[0]))) ||
+              (p[0] === 'messages' && (p.length === 2 || p.length === 4))),
+        ),
+      ];
+      const p = r.pick(closed);
+      const target = getAt(body, p) as Record<string, J>;
+      const key = r.pick(UNKNOWN_KEYS.filter((k) => !(k in target)));
+      target[key] = valueOf(r, r.pick(['null', 'boolean', 'number', 'string', 'array', 'object'] as JType[]));
+      return `unknown key ${j(key)} in ${p.join('.') || 'the body'}`;
+    }
+    const p = r.pick(paths);
+    const allowed = allowedAt(kind, p);
+    if (!allowed) continue;
+    if (op === 'type') {
+      const t = r.pick((['null', 'boolean', 'number', 'string', 'array', 'object'] as JType[]).filter((x) => !allowed.has(x)));
+      setAt(body, p, valueOf(r, t));
+      return `${p.join('.')} became a ${t}`;
+    }
+    if (op === 'wrap') {
+      const v = getAt(body, p);
+      const w: J = r.chance(0.5) ? [v] : { value: v };
+      if (allowed.has(typeOf(w))) continue;
+      setAt(body, p, w);
+      return `${p.join('.')} wrapped in a${Array.isArray(w) ? 'n array' : 'n object'}`;
+    }
+    const v = semanticBreak(r, kind, p, getAt(body, p), body);
+    if (v === undefined) continue;
+    setAt(body, p, v);
+    return `${p.join('.')} out of bounds`;
+  }
+  body.model = 'no-such-model';
+  return 'model unknown';
+}
+
+/** Nesting of `depth` levels; arrays (2 bytes a level) go deepest within the body limit. */
+function nest(r: Rng, depth: number): { text: string; shape: string } {
+  const shape = r.pick(['array', 'object', 'mixed', 'proto']);
+  if (shape === 'array') return { text: '['.repeat(depth) + ']'.repeat(depth), shape };
+  const d = Math.min(depth, 20_000);
+  if (shape === 'object') return { text: '{"a":'.repeat(d) + 'null' + '}'.repeat(d), shape };
+  if (shape === 'proto')
+    return { text: '{"__proto__":'.repeat(Math.min(d, 10_000)) + '{}' + '}'.repeat(Math.min(d, 10_000)), shape };
+  return { text: '[{"a":'.repeat(d) + '1' + '}]'.repeat(d), shape };
+}
+
+const structureGens: Record<string, Gen> = {
+  'structure-mutation': (r) => {
+    const kind: Kind = r.pick(['chat', 'completion']);
+    const body = kind === 'chat' ? richChat(r) : richCompletion(r);
+    const note = mutate(r, kind, body);
+    return { note: `${kind}: ${note}`, bytes: request('POST', pathOf(kind), serialize(r, body, r.chance(0.5))) };
+  },
+  'deep-mixed': (r) => {
+    const kind: Kind = r.pick(['chat', 'completion']);
+    const body = kind === 'chat' ? richChat(r) : richCompletion(r);
+    const depth = r.pick([64, 1_000, 20_000, 100_000]);
+    const { text, shape } = nest(r, depth);
+    // Spots where nothing nested is allowed, at several depths of the valid body.
+    const MARK = j('__DEEP__');
+    const spots: [string, () => void][] = [
+      ['metadata.k', () => (body.metadata = { k: '__DEEP__' })],
+      ['logit_bias.k', () => (body.logit_bias = { k: '__DEEP__' })],
+      ['stream_options.include_usage', () => (body.stream_options = { include_usage: '__DEEP__' })],
+      ['stop.0', () => (body.stop = ['__DEEP__'])],
+      ['tools.0', () => (body.tools = ['__DEEP__'])],
+      ['unknown key', () => (body.deep = '__DEEP__')],
+      ['model', () => (body.model = '__DEEP__')],
+    ];
+    if (kind === 'chat') {
+      spots.push([
+        'messages.0.content.0.text',
+        () => ((body.messages as J[])[0] = { role: 'user', content: [{ type: 'text', text: '__DEEP__' }] }),
+      ]);
+      spots.push(['messages.0.name', () => ((body.messages as J[])[0] = { role: 'user', content: 'x', name: '__DEEP__' })]);
+      spots.push(['messages.0', () => ((body.messages as J[])[0] = '__DEEP__')]);
+      spots.push(['response_format.type', () => (body.response_format = { type: '__DEEP__' })]);
+    } else spots.push(['prompt.0', () => (body.prompt = ['__DEEP__'])]);
+    const [where, place] = r.pick(spots);
+    place();
+    const raw = serialize(r, body, false).replace(MARK, text);
+    return { note: `${kind} ${where} = ${shape} nested ${depth} deep`, bytes: request('POST', pathOf(kind), raw) };
+  },
+  'invalid-utf8-value': (r) => {
+    const kind: Kind = r.pick(['chat', 'completion']);
+    const body = kind === 'chat' ? richChat(r) : richCompletion(r);
+    const bad = Buffer.from(r.pick(BAD_UTF8));
+    // Each value is refused whatever the bytes decode to (U+FFFD or anything else).
+    const spots: [string, J, string][] = [
+      ['service_tier', 'bo@@gus', 'service_tier'],
+      ['stop', ['@@'.padEnd(600, 'z')], 'stop.0 over 512'],
+      ['metadata', { ['k@@'.padEnd(70, 'k')]: 'v' }, 'metadata key over 64'],
+      ['model', 'si@@m', 'model'],
+      ['user', '@@'.padEnd(600, 'u'), 'user over 512'],
+    ];
+    if (kind === 'chat') {
+      spots.push(['messages', [{ role: 'us@@er', content: 'x' }], 'role']);
+      spots.push(['messages', [{ role: 'user', content: [{ type: 'te@@xt', text: 'x' }] }], 'content part type']);
+      spots.push(['response_format', { type: 'te@@xt' }, 'response_format.type']);
+      spots.push(['modalities', ['te@@xt'], 'modalities.0']);
+      spots.push(['tool_choice', 'no@@ne', 'tool_choice']);
+    } else spots.push(['echo', 'tr@@ue', 'echo as a string']);
+    const [key, value, what] = r.pick(spots);
+    body[key] = value;
+    const text = serialize(r, body, false);
+    const at = text.indexOf('@@');
+    const bytes = Buffer.concat([Buffer.from(text.slice(0, at)), bad, Buffer.from(text.slice(at + 2))]);
+    return { note: `${kind} bytes ${bad.toString('hex')} in ${what}`, bytes: request('POST', pathOf(kind), bytes) };
+  },
+};
+
+const headerUtf8Gens: Record<string, Gen> = {
+  'invalid-utf8-header': (r) => {
+    const text = obj(validChat(r));
+    const bad = Buffer.from(r.pick(BAD_UTF8));
+    const [name, value]: [string, string] = r.pick([
+      ['X-Request-Timeout', '1@@'],
+      ['X-Request-Timeout', '@@'],
+      ['X-Priority', 'high@@'],
+      ['X-Priority', '@@low'],
+      ['Idempotency-Key', 'key-@@'],
+      ['Last-Event-ID', '1@@'],
+      ['Content-Type', 'application/json; charset=@@'],
+      ['Content-Encoding', 'gz@@ip'],
+    ] as [string, string][]);
+    // The head is latin-1 text; the raw bytes go in where @@ is. (A second Content-Type would be ignored: Node keeps the first.)
+    const raw =
+      name === 'Content-Type'
+        ? request('POST', '/v1/chat/completions', text, { contentType: value })
+        : request('POST', '/v1/chat/completions', text, { headers: [[name, value]] });
+    const at = raw.indexOf('@@');
+    return {
+      note: `${name} with bytes ${bad.toString('hex')}`,
+      bytes: Buffer.concat([raw.subarray(0, at), bad, raw.subarray(at + 2)]),
+    };
+  },
+};
+
+const methodGens: Record<string, Gen> = {
+  'method-swap': (r) => {
+    // A valid body on a POST route, sent with another method: only the method is wrong.
+    const route = r.pick(['chat', 'completion', 'plain'] as const);
+    const method = r.pick(['GET', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'HEAD', 'TRACE', 'LINK']);
+    const path = route === 'plain' ? `/v1/chat/${MODEL}` : pathOf(route);
+    const body = route === 'plain' ? 'hello' : obj(route === 'chat' ? validChat(r) : validCompletion(r));
+    return { note: `${method} ${path} with a valid body`, bytes: request(method, path, body) };
+  },
+};
+
 /** Category weights: how the generated cases spread. */
 const GENERATORS: [string, Gen, number][] = [
   ...Object.entries(bodyGens).map(([k, g]): [string, Gen, number] => [`body/${k}`, g, k === 'long-string' ? 3 : 4]),
+  ...Object.entries(structureGens).map(([k, g]): [string, Gen, number] => [`body/${k}`, g, k === 'structure-mutation' ? 12 : 3]),
   ...Object.entries(plainGens).map(([k, g]): [string, Gen, number] => [`plain/${k}`, g, 2]),
-  ...Object.entries(headerGens).map(([k, g]): [string, Gen, number] => [`header/${k}`, g, 2]),
-  ...Object.entries(pathGens).map(([k, g]): [string, Gen, number] => [`path/${k}`, g, 3]),
+  ...Object.entries({ ...headerGens, ...headerUtf8Gens }).map(([k, g]): [string, Gen, number] => [`header/${k}`, g, 2]),
+  ...Object.entries({ ...pathGens, ...methodGens }).map(([k, g]): [string, Gen, number] => [`path/${k}`, g, 3]),
 ];
 
 function generate(seed: number, count: number): Case[] {
@@ -938,13 +1391,24 @@ describe('hostile input (generated malformed requests against a real gateway and
     });
 
     const after = rssKiB(sys.gateway.pid);
+    // A large run leaves V8's heap grown by its largest bodies (nesting 100,000 deep makes as many
+    // arrays); idle, V8 gives that back. Bounded poll of the process's memory until it is near the baseline.
+    const NEAR_KIB = 48 * 1024;
+    let settled = after;
+    const settleBy = Date.now() + 30_000;
+    while (settled - baseline >= NEAR_KIB && Date.now() < settleBy) {
+      await new Promise((r) => setTimeout(r, 500));
+      settled = rssKiB(sys.gateway.pid);
+    }
     const table = [...byStatus.entries()].sort().map(([k, n]) => `${k}: ${n}`);
     console.log(`      hostile input: seed ${SEED}, ${cases.length} requests; ${table.join(', ')}`);
     console.log(`      Node parser-level answers: ${parserLevel}, closed without an answer: ${closed}`);
     for (const [cat, m] of [...byCategory.entries()].sort()) {
       console.log(`        ${cat.padEnd(32)} ${[...m.entries()].map(([k, n]) => `${k}:${n}`).join(' ')}`);
     }
-    console.log(`      gateway RSS: baseline ${baseline} KiB, after ${after} KiB`);
+    console.log(
+      `      gateway RSS: baseline ${baseline} KiB, after ${after} KiB${settled !== after ? `, settled ${settled} KiB` : ''}`,
+    );
     if (failures.length > 0) {
       throw new Error(
         `${failures.length} of ${cases.length} hostile requests were not answered with a 4xx ` +
@@ -957,7 +1421,7 @@ describe('hostile input (generated malformed requests against a real gateway and
     // Still alive, healthy and serving, with its memory near where it started.
     expect(sys.gateway.running, 'gateway process alive').to.equal(true);
     expect((await fetch(`${sys.url}/healthz`)).status).to.equal(200);
-    expect(after - baseline, `gateway RSS ${baseline} KiB -> ${after} KiB`).to.be.below(48 * 1024);
+    expect(settled - baseline, `gateway RSS ${baseline} KiB -> ${after} KiB, then ${settled} KiB`).to.be.below(NEAR_KIB);
     const ok = await valid();
     expect(ok.status, ok.text).to.equal(200);
     // Nothing hostile was admitted: the worker ran the 21 valid requests and nothing else.
