@@ -2,8 +2,10 @@ import { expect } from 'chai';
 import { readdirSync } from 'node:fs';
 import { validate as lintDockerfile } from 'dockerfile-utils';
 import {
+  EXTRA_ENV,
   IMAGES,
   ROOT,
+  VLLM_ENV,
   allowedEnv,
   argsOf,
   dockerignore,
@@ -357,6 +359,15 @@ describe('container images (docker/*.Dockerfile)', () => {
 
     it('the runtime folders the images copy exist', () => {
       for (const r of Object.values(RUNTIME_FILES).flat()) expect(isDir(r.path), r.path).to.equal(true);
+    });
+
+    it("the readers of the variables allowed beyond the services' own read them", () => {
+      // vLLM's variables reach it because the engine starts it with the agent's environment.
+      expect(read('worker-agent/src/engines/vllm.ts')).to.match(/env: \{ \.\.\.process\.env\b/);
+      expect(Object.keys(VLLM_ENV)).to.include.members(['HF_HOME', 'HOME']);
+      // NODE_ENV: Express, which the gateway runs on, reads it.
+      expect(read('node_modules/express/lib/application.js')).to.include('process.env.NODE_ENV');
+      expect(Object.keys(EXTRA_ENV)).to.deep.equal(['NODE_ENV']);
     });
   });
 });
