@@ -150,6 +150,30 @@ export class RequestStream {
     });
   }
 
+  /**
+   * A checked event that failed (an error: the connection dropped, a cluster
+   * slot has no primary yet) or came back LOST is sent again, which checking
+   * makes safe: Redis writes it once whatever happened to the first try.
+   * First the stream's earlier events settle, so the retry cannot overtake
+   * one of them (a client resends commands after a reconnect in no fixed
+   * order, and an event that overtook its predecessor finds Redis behind:
+   * LOST). LOST again after that is final; errors are retried with a backoff
+   * for up to RETRY_MS, then the last error stands.
+   */
+  private async retry(attempt: () => Promise<number>, before: Promise<unknown>, err: unknown): Promise<number> {
+    await before;
+    const until = Date.now() + RETRY_MS;
+    for (let i = 0; ; i++) {
+      if (err !== null) await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** i, 1000)));
+      try {
+        return await attempt();
+      } catch (e) {
+        err = e;
+        if (Date.now() > until) throw e;
+      }
+    }
+  }
+
   private send(ev: ReplyEvent): void {
     const ttl = ev.type === 'tokens' ? this.o.ttlMs : this.o.retainMs;
     let p: Promise<void>;
@@ -169,7 +193,14 @@ export class RequestStream {
     if (this.nextSeq === null) p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev).then(then);
     else {
       ev.seq = this.nextSeq++; // a fresh event object, built by flush() or end()
-      p = this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev, 'checked').then(then);
+      const before = this.last;
+      const attempt = () => this.o.writer.emit(this.o.gatewayId, this.o.token, ttl, ev, 'checked');
+      p = attempt()
+        .then(
+          (seq) => (seq === LOST ? this.retry(attempt, before, null) : seq),
+          (err: unknown) => this.retry(attempt, before, err),
+        )
+        .then(then);
     }
     p.catch((err: unknown) => {
       this.failure ??= err;
@@ -177,6 +208,9 @@ export class RequestStream {
     this.last = p.catch(() => {});
   }
 }
+
+/** How long a checked event is retried after an error (Redis failing over) before the stream counts as broken. */
+const RETRY_MS = 15_000;
 
 /**
  * One timer for all requests of a worker: every `intervalMs` it flushes the
