@@ -182,6 +182,22 @@ describe('VllmEngine running the sim server as vllm', function () {
     expect(r.text).to.equal(story(6));
   });
 
+  it('a request that fails on a live process holds new work until the process answers its health check', async () => {
+    // The sim server breaks every stream after 3 tokens but stays up, as a socket error can arrive before an exit.
+    const e = makeEngine({ simArgs: ['--fail-after-tokens', '3'] });
+    await e.start();
+    const checked = once(e, 'check');
+    expect(await rejection(run(e, chat({ maxTokens: 20 })))).to.be.instanceOf(EngineUnavailableError);
+    // Until checked: full, and work is refused without reaching the process.
+    expect(e.state).to.equal('checking');
+    expect(e.load()).to.equal(1);
+    expect(await rejection(run(e, chat()))).to.be.instanceOf(EngineUnavailableError);
+    const [check] = (await checked) as [{ pid: number; healthy: boolean }];
+    expect(check).to.deep.equal({ pid: e.pid, healthy: true });
+    expect(e.state).to.equal('ready');
+    expect(e.restarts).to.equal(0);
+  });
+
   it('close() stops the process and leaves nothing running', async () => {
     const e = makeEngine();
     await e.start();

@@ -45,7 +45,12 @@ export interface VllmEngineOptions {
 }
 
 /** `starting`: first start; `ready`: serving; `restarting`: the process died and a new one is on its way. */
-export type VllmState = 'idle' | 'starting' | 'ready' | 'restarting' | 'closed';
+/**
+ * `checking`: a request failed as if the process were gone (connection refused
+ * or reset, a 5xx) while it still counts as serving; nothing new is accepted
+ * until its health check answers (back to `ready`) or it exits (`restarting`).
+ */
+export type VllmState = 'idle' | 'starting' | 'ready' | 'checking' | 'restarting' | 'closed';
 
 interface Incarnation {
   child: ChildProcess;
@@ -325,11 +330,32 @@ export class VllmEngine extends EventEmitter implements Engine {
         // Aborted by the process's death, not by the caller.
         throw new EngineUnavailableError(`the vllm process exited during the request (${describeExit(inc)})`);
       }
+      // The socket can break before the process's exit is seen: accept nothing more until it is checked,
+      // or every request handed back and claimed again in between fails too and uses up an attempt.
+      if (err instanceof EngineUnavailableError && inc === this.cur && this.state === 'ready') this.check(inc, err);
       throw err;
     } finally {
       inc.inflight.delete(ctl);
       signal.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Holds claims (state `checking`) until the process answers its health check; kills it if it does not in time. */
+  private check(inc: Incarnation, err: Error): void {
+    this.state = 'checking';
+    this.o.logger?.warn({ engine: 'vllm', pid: inc.child.pid, err: err.message }, 'vllm request failed; checking the process');
+    void this.waitHealthy(inc).then((healthy) => {
+      // Exited meanwhile (onExit restarts it) or closed: nothing to do here.
+      if (inc !== this.cur || this.state !== 'checking') return;
+      this.emit('check', { pid: inc.child.pid, healthy });
+      if (healthy) {
+        this.state = 'ready';
+        this.o.logger?.info({ engine: 'vllm', pid: inc.child.pid }, 'vllm process healthy again');
+        return;
+      }
+      this.o.logger?.error({ engine: 'vllm', pid: inc.child.pid }, 'vllm process does not answer its health check; killing it');
+      this.killGroup('SIGKILL', inc);
+    });
   }
 
   private onExit(inc: Incarnation): void {
@@ -345,12 +371,12 @@ export class VllmEngine extends EventEmitter implements Engine {
     for (const ctl of inc.inflight) ctl.abort();
     void inc.client?.close();
     // Only a process that was serving, or a restart attempt, leads to a restart; not a first start, not close().
-    const restart = inc === this.cur && (this.state === 'ready' || this.state === 'restarting');
+    const restart = inc === this.cur && (this.state === 'ready' || this.state === 'checking' || this.state === 'restarting');
     if (restart) {
       if (this.metricsTimer) clearInterval(this.metricsTimer);
       this.metricsTimer = null;
       this.metrics = null;
-      if (this.state === 'ready') {
+      if (this.state === 'ready' || this.state === 'checking') {
         this.o.logger?.warn(
           { engine: 'vllm', pid: inc.child.pid, code: info.code, signal: info.signal, tail: inc.tail.slice(-10) },
           'vllm process exited',
