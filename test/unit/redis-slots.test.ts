@@ -4,6 +4,7 @@ import {
   ApiKeys,
   bullPrefix,
   CrossSlotError,
+  emitBatch,
   encodeJob,
   hashTagOf,
   Keys,
@@ -44,6 +45,7 @@ function fakeCluster(): { redis: Redis; calls: Call[] } {
     'dispatch-5': [0, 0],
     'begin-2': ['ok', 0, 0, '', 1],
     'emit-3': 0,
+    'emit-batch-1': [0, 0],
     'key-admit-1': ['unknown'],
   };
   const evalLike =
@@ -129,6 +131,10 @@ describe('Redis Cluster slots', () => {
           { rid: j.rid, seq: 1, type: 'error', status: 503, code: 'c', message: 'm' },
           'restore',
         );
+        await emitBatch(redis, keys, 1000, gw, [
+          { token: 'w1:tok', ttlMs: 60_000, ev: { rid: j.rid, seq: 0, type: 'tokens', text: 'x', n: 1 }, mode: 'checked' },
+          { token: 'w2:tok', ttlMs: 60_000, ev: { rid: `${j.rid}-2`, seq: 0, type: 'tokens', text: 'y', n: 1 }, mode: 'checked' },
+        ]);
         await queue.handBack(m, '1-0', 'w1', encodeJob(j));
       }
       for (const p of ['low', 'normal', 'high'] as const) await queue.enqueue({ ...job(m, 'gw-1', 'other'), priority: p });

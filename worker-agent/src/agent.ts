@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import {
@@ -19,6 +18,7 @@ import {
   Keys,
   MalformedJobError,
   PromptTooLongError,
+  randomBase64url,
   RequestLog,
   RequestQueue,
   settleWithin,
@@ -43,6 +43,7 @@ import type { Resume } from './engines/types.js';
 import { ReplicaSet } from './engines/replicas.js';
 import { decodeLoad, encodeLoad, LoadView } from './load-view.js';
 import { Flusher, RequestStream } from './request-stream.js';
+import { BatchingEventWriter } from './event-batcher.js';
 import { traceAttempt } from './trace.js';
 import { ControlWorker } from './control.js';
 import { addDeadLetter, deadLetterReason } from './dead-letters.js';
@@ -135,6 +136,8 @@ export class WorkerAgent extends EventEmitter {
   private readonly cancellation: Cancellation;
   private readonly workers: WorkerRegistry;
   private readonly flusher: Flusher;
+  /** Where every request's events go: many requests' events per script call. */
+  private readonly events: BatchingEventWriter;
   private readonly slots = new Map<string, Slot>();
   private readonly slotByChannel = new Map<string, Slot>();
   private readonly runModel = new WeakMap<Promise<void>, string>();
@@ -174,6 +177,7 @@ export class WorkerAgent extends EventEmitter {
     this.cancellation = new Cancellation(this.redis, this.keys);
     this.workers = new WorkerRegistry(this.redis, this.keys);
     this.flusher = new Flusher(c.flushIntervalMs);
+    this.events = new BatchingEventWriter(this.redis, this.keys, c.replyStreamMaxLen, this.metrics.redisLatency);
     for (const conn of [this.redis, this.sub]) conn.on('error', (err) => this.logger.debug({ err }, 'redis error'));
   }
 
@@ -711,7 +715,7 @@ export class WorkerAgent extends EventEmitter {
     }
     const log = this.logger.child({ rid: job.rid, model, tenant: job.tenant, priority: job.priority });
     const trace = traceAttempt(this.tracing, job, this.id, takeover);
-    const token = `${this.id}:${randomBytes(6).toString('base64url')}`;
+    const token = `${this.id}:${randomBase64url(6)}`;
     const retainMs = job.retainMs || c.outputRetentionMs;
     const ttlMs = Math.max(0, job.deadline - Date.now()) + retainMs;
     const ctl = new AbortController();
@@ -722,7 +726,7 @@ export class WorkerAgent extends EventEmitter {
       token,
       ttlMs,
       retainMs,
-      writer: this.log,
+      writer: this.events,
       flusher: this.flusher,
       maxBatchTokens: c.maxBatchTokens,
       onFenced: () => ctl.abort('fenced' satisfies AbortReason),
@@ -734,11 +738,14 @@ export class WorkerAgent extends EventEmitter {
     let deadlineTimer: NodeJS.Timeout | null = null;
     this.active.set(job.rid, active);
     try {
-      const [cancelled, orphaned] = await Promise.all([
+      // One round trip before the engine starts: the checks read keys `begin` does not touch, and
+      // `begin` runs whatever they say (a cancelled or orphaned request still ends its log), so
+      // all three go out together.
+      const [cancelled, orphaned, begun] = await Promise.all([
         this.cancellation.isCancelled(model, job.rid),
         this.orphaned([{ gw: job.gw, rid: job.rid }]),
+        this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs),
       ]);
-      const begun = await this.log.begin(job.gw, job.rid, token, c.maxAttempts, ttlMs);
       // Every event is checked against the number it must get, so writes a Redis failover lost are noticed.
       if (begun.status !== 'done') stream.expectFrom(begun.seq);
       if (cancelled && begun.status !== 'done') {
@@ -781,11 +788,13 @@ export class WorkerAgent extends EventEmitter {
       // Prompts and completions are logged only when the operator asked for it (LOG_REQUEST_CONTENT).
       let content: string | null = c.logRequestContent ? begun.text : null;
       trace.generating(begun.attempts, begun.tokens);
+      // The labelled child once per request, not a label lookup per token.
+      const generated = this.metrics.generationTokens.labels({ model });
       const result = await slot.engine.generate(
         job.params,
         (text, n) => {
           active.tokens += n;
-          this.metrics.generationTokens.inc({ model }, n);
+          generated.inc(n);
           if (content !== null) content += text;
           stream.push(text, n);
         },

@@ -7,3 +7,4 @@ export * from './registry.js';
 export * from './scripts.js';
 export * from './request-log.js';
 export * from './slots.js';
+export * from './event-batch.js';

@@ -23,13 +23,16 @@ export class Script {
 
   /**
    * `derivedKeys`: the names of keys the script builds inside Lua from its
-   * arguments (for the slot check), one example per kind of key.
+   * arguments (for the slot check), one example per kind of key. `lua`: the
+   * body, when it is not read from `shared/lua/<name>.lua` (a script built
+   * from another one).
    */
   constructor(
     readonly name: string,
     readonly derivedKeys: (args: readonly (string | number)[]) => string[] = () => [],
+    lua?: string,
   ) {
-    this.lua = readFileSync(new URL(`../../lua/${name}.lua`, import.meta.url), 'utf8');
+    this.lua = lua ?? readFileSync(new URL(`../../lua/${name}.lua`, import.meta.url), 'utf8');
     this.sha = createHash('sha1').update(this.lua).digest('hex');
     const m = /-(\d+)$/.exec(name);
     if (!m) throw new Error(`script name ${name} must end in -<numKeys>`);
@@ -73,10 +76,49 @@ export class Script {
   }
 }
 
+/**
+ * emit-batch-1: many `emit-3` calls of one gateway in one script call (one
+ * EVALSHA per flush instead of one per event). The body of emit-3 runs
+ * unchanged, as a function, once per event in the order given, so each event
+ * gets exactly what emit-3 would give it.
+ *
+ * KEYS[1]  the gateway's reply stream          <p>:gw:{gw}:events
+ * ARGV[1]  request state key without the id    <p>:gw:{gw}:req:
+ * ARGV[2]  request output log key without the id  <p>:gw:{gw}:log:
+ * ARGV[3..] per event: the count c of its arguments, then its c emit-3
+ *           arguments (ARGV[7] of those, the request id, completes the keys)
+ *
+ * Returns one emit-3 result per event. An error (a Redis error raised inside
+ * emit-3) ends the call: events before it are written, the caller resends the
+ * rest (checked events are safe to resend).
+ */
+function emitBatchLua(): string {
+  const emit = readFileSync(new URL('../../lua/emit-3.lua', import.meta.url), 'utf8');
+  return `local function emit_one(KEYS, ARGV)
+${emit}
+end
+local stream, statePrefix, logPrefix = KEYS[1], ARGV[1], ARGV[2]
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local c = tonumber(ARGV[i])
+  local a = {}
+  for j = 1, c do
+    a[j] = ARGV[i + j]
+  end
+  out[#out + 1] = emit_one({ statePrefix .. a[7], logPrefix .. a[7], stream }, a)
+  i = i + c + 1
+end
+return out
+`;
+}
+
 /** Every script of the data plane, loaded once per process. */
 export const scripts = {
   begin: new Script('begin-2'),
   emit: new Script('emit-3'),
+  // The state and log keys of each event: the prefixes in ARGV[1..2] plus a request id.
+  emitBatch: new Script('emit-batch-1', (args) => [`${args[0]}rid`, `${args[1]}rid`], emitBatchLua()),
   handback: new Script('handback-1'),
   enqueue: new Script('enqueue-4'),
   // The tenant lists: each priority's list key without the tenant (ARGV[6..8]) plus a tenant name.
