@@ -17,10 +17,7 @@ const SECONDS = /^(?:\d{1,12}(?:\.\d{1,9})?|\.\d{1,9})$/;
  * that is not a positive number of seconds, or a repeated header, is a 400.
  */
 export function requestDeadline(header: string | string[] | undefined, maxMs: number): RequestDeadline {
-  const server: RequestDeadline = {
-    timeoutMs: maxMs,
-    message: `The request did not finish within the server's time limit of ${formatSeconds(maxMs)} (REQUEST_TIMEOUT_MS).`,
-  };
+  const server = serverDeadline(maxMs);
   if (header === undefined) return server;
   const value = Array.isArray(header) ? null : header.trim();
   const seconds = value !== null && SECONDS.test(value) ? Number(value) : NaN;
@@ -34,6 +31,18 @@ export function requestDeadline(header: string | string[] | undefined, maxMs: nu
   const ms = Math.max(1, Math.round(seconds * 1000));
   if (ms >= maxMs) return server;
   return { timeoutMs: ms, message: `The request did not finish within its X-Request-Timeout of ${formatSeconds(ms)}.` };
+}
+
+/** The server's limit, built once per value (every request without the header gets it). */
+let lastServer: RequestDeadline | null = null;
+function serverDeadline(maxMs: number): RequestDeadline {
+  if (lastServer?.timeoutMs !== maxMs) {
+    lastServer = {
+      timeoutMs: maxMs,
+      message: `The request did not finish within the server's time limit of ${formatSeconds(maxMs)} (REQUEST_TIMEOUT_MS).`,
+    };
+  }
+  return lastServer;
 }
 
 function formatSeconds(ms: number): string {

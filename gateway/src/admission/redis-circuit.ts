@@ -1,7 +1,12 @@
 import { ApiError, isTransientRedisError, ServiceUnavailableError, type Logger, type Redis } from '@llmux/shared';
 
 export interface RedisCircuitOptions {
-  /** Longest one guarded Redis operation may take before it counts as a failure. Default 1000 ms. */
+  /**
+   * Longest one guarded Redis operation may take before it counts as a
+   * failure. Default 1000 ms. An operation whose connection keeps receiving
+   * answers meanwhile (Redis is up, the command waits behind others) may
+   * take up to 5 times this.
+   */
   timeoutMs?: number;
   /** While open with the connection up (a timeout tripped it), how often a PING checks Redis again. Default 500 ms. */
   probeMs?: number;
@@ -13,6 +18,9 @@ export interface RedisCircuitOptions {
 export interface LatencyHistogram {
   labels(op: string): { observe(seconds: number): void };
 }
+
+/** How many times its limit a guarded operation may wait while Redis keeps answering earlier commands. */
+const MAX_BEHIND = 5;
 
 /** A guarded operation took longer than the circuit allows. */
 export class RedisTimeoutError extends Error {
@@ -32,6 +40,9 @@ export class RedisCircuit {
   private down = false;
   private probeTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** When the command connection last received bytes (`performance.now()`), and which socket is watched. */
+  private lastData = -1;
+  private watched: NodeJS.EventEmitter | null = null;
   private readonly timeoutMs: number;
   private readonly probeMs: number;
   /** Histogram children by operation name (a fixed set, written in the code). */
@@ -44,7 +55,9 @@ export class RedisCircuit {
   ) {
     this.timeoutMs = opts.timeoutMs ?? 1000;
     this.probeMs = opts.probeMs ?? 500;
+    this.watchData();
     redis.on('ready', () => {
+      this.watchData();
       if (this.down) this.log.info('redis connection back; admitting requests again');
       this.down = false;
       if (this.tripped) this.reset('connection ready');
@@ -54,6 +67,20 @@ export class RedisCircuit {
       this.down = true;
       this.log.warn('redis connection lost; requests get 503 until it is back');
     });
+  }
+
+  /**
+   * Notes when the connection last received bytes (answers to any command):
+   * a guarded operation that waits past its limit while answers keep coming
+   * is behind other commands, not facing a Redis that is gone. A new socket
+   * comes with every reconnect. (A cluster client has no single socket: there
+   * the limit applies as it is.)
+   */
+  private watchData(): void {
+    const stream = (this.redis as { stream?: NodeJS.EventEmitter }).stream;
+    if (!stream || stream === this.watched) return;
+    this.watched = stream;
+    stream.on('data', () => (this.lastData = performance.now()));
   }
 
   /** True while requests can be admitted. */
@@ -76,10 +103,28 @@ export class RedisCircuit {
    */
   async guard<T>(op: () => Promise<T>, what: string, timed = true): Promise<T> {
     this.check();
-    const started = timed && this.opts.latency ? performance.now() : -1;
+    const t0 = performance.now();
+    const started = timed && this.opts.latency ? t0 : -1;
     let timer: NodeJS.Timeout | undefined;
+    let done = false;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RedisTimeoutError(`${what} took longer than ${this.timeoutMs} ms`)), this.timeoutMs);
+      // The time limit measures Redis, not this process: a loop too busy to read the answer runs the
+      // timer late, before reading sockets, so the answer that already came is read first (setImmediate
+      // runs after the poll phase); and while the connection keeps receiving answers to earlier
+      // commands Redis is up, only behind, so the wait goes on, up to MAX_BEHIND times the limit.
+      let since = t0;
+      const expire = () =>
+        setImmediate(() => {
+          if (done) return;
+          const now = performance.now();
+          if (this.lastData > since && now - t0 < this.timeoutMs * MAX_BEHIND) {
+            since = now;
+            timer = setTimeout(expire, this.timeoutMs);
+            return;
+          }
+          reject(new RedisTimeoutError(`${what} took longer than ${Math.round(now - t0)} ms`));
+        });
+      timer = setTimeout(expire, this.timeoutMs);
     });
     try {
       return await Promise.race([op(), timeout]);
@@ -91,6 +136,7 @@ export class RedisCircuit {
       }
       throw err;
     } finally {
+      done = true;
       clearTimeout(timer);
       if (started >= 0) this.timer(what).observe((performance.now() - started) / 1000);
     }
