@@ -9,7 +9,7 @@ export interface Sample {
   itl: number[];
   e2e: number;
   tokens: number;
-  /** null when the request succeeded; else the kind of failure (`http_429`, `network`, `timeout`, `stream_error`, …). */
+  /** null when the request succeeded; else the kind of failure (`http_429`, `network_<code>`, `timeout`, `stream_error`, …). */
   error: string | null;
 }
 
@@ -49,11 +49,17 @@ export async function measure(dispatcher: Agent, spec: RequestSpec, t0: number):
       await readStream(res.body, sample, started);
     }
   } catch (err) {
-    sample.error = abort.aborted ? 'timeout' : 'network';
-    void err;
+    sample.error = abort.aborted ? 'timeout' : networkKind(err);
   }
   sample.e2e = performance.now() - started;
   return sample;
+}
+
+/** `network_<code>` from the error or its cause (`network_ECONNRESET`, `network_UND_ERR_SOCKET`), else `network`. */
+function networkKind(err: unknown): string {
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
+  const code = typeof e?.code === 'string' ? e.code : typeof e?.cause?.code === 'string' ? e.cause.code : null;
+  return code && /^[A-Z0-9_]+$/.test(code) ? `network_${code}` : 'network';
 }
 
 async function readStream(body: AsyncIterable<Buffer>, s: Sample, started: number): Promise<void> {

@@ -58,7 +58,7 @@ describe('load generator against the running system (real processes, sim engine)
       ],
       { timeout: 60_000 },
     );
-    expect(stdout).to.match(/60 requests in [\d.]+ s: 60 ok, 0 failed/);
+    expect(stdout, stdout).to.match(/60 requests in [\d.]+ s: 60 ok, 0 failed/);
     expect(stdout).to.match(/TTFT ms\s+[\d.]+\s+[\d.]+/);
     const rep = JSON.parse(readFileSync(json, 'utf8')) as Report;
     expectSane(rep, { sent: 60, tokensPerRequest: 12 });
