@@ -298,19 +298,28 @@ export class Load {
     if (this.o.requestTimeoutS !== undefined) headers['x-request-timeout'] = String(this.o.requestTimeoutS);
     try {
       let res: Response;
+      // fetch should reject once its signal aborts; it does not always (an abort while the request is being
+      // sent can leave it pending), and then neither our leaving nor the client time limit would end it.
+      const aborted = new Promise<never>((_, reject) => {
+        ctl.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+      });
+      aborted.catch(() => {});
       try {
-        res = await fetch(`${rec.target.url}/v1/completions`, {
-          method: 'POST',
-          headers,
-          body: JSON.stringify({
-            model: this.o.model,
-            prompt: `Client ${rec.client} request ${rec.n}`,
-            max_tokens: rec.maxTokens,
-            stream: true,
-            stream_options: { include_usage: true },
+        res = await Promise.race([
+          aborted,
+          fetch(`${rec.target.url}/v1/completions`, {
+            method: 'POST',
+            headers,
+            body: JSON.stringify({
+              model: this.o.model,
+              prompt: `Client ${rec.client} request ${rec.n}`,
+              max_tokens: rec.maxTokens,
+              stream: true,
+              stream_options: { include_usage: true },
+            }),
+            signal: ctl.signal,
           }),
-          signal: ctl.signal,
-        });
+        ]);
       } catch (err) {
         if (leftOnPurpose) return void (rec.outcome = 'aborted');
         if (timedOut) return this.lose(rec, 'no response head within the client time limit');
@@ -352,6 +361,10 @@ export class Load {
     leave: () => void,
   ): Promise<void> {
     const reader = res.body!.getReader();
+    // As for fetch: make sure an abort ends a pending read.
+    const cancel = () => void reader.cancel().catch(() => {});
+    if (ctl.signal.aborted) cancel();
+    else ctl.signal.addEventListener('abort', cancel, { once: true });
     const dec = new TextDecoder();
     let buf = '';
     const ids: string[] = [];
