@@ -216,7 +216,6 @@ describe('environment: loadWorkerConfig', () => {
       claimPolicy: 'least-loaded',
       flushIntervalMs: 15,
       maxBatchTokens: 32,
-      adaptiveBatching: true,
       drainTimeoutMs: 30_000,
       replyStreamMaxLen: 100_000,
       metrics: { host: '127.0.0.1', port: 0 },
@@ -245,7 +244,6 @@ describe('environment: loadWorkerConfig', () => {
       HF_ENDPOINT: 'http://127.0.0.1:9999',
       FLUSH_INTERVAL_MS: '0',
       MAX_BATCH_TOKENS: '8',
-      ADAPTIVE_BATCHING: 'false',
     });
     expect(c.models).to.deep.equal(['stories', 'tiny-random']);
     expect(c).to.deep.include({
@@ -254,7 +252,6 @@ describe('environment: loadWorkerConfig', () => {
       hfEndpoint: 'http://127.0.0.1:9999',
       flushIntervalMs: 0,
       maxBatchTokens: 8,
-      adaptiveBatching: false,
     });
   });
 

@@ -39,9 +39,6 @@ class RecordingWriter implements EventWriter {
   }
 }
 
-/** Lets the stream see Redis' answers that are already settled (they arrive through promise callbacks). */
-const answered = () => new Promise<void>((r) => setImmediate(r));
-
 /** Whether a promise has settled, checked after pending callbacks run. */
 async function settled(p: Promise<unknown>): Promise<boolean> {
   let done = false;
@@ -87,14 +84,13 @@ describe('RequestStream and Flusher', () => {
     expect(writer.events[0]).to.deep.equal({ rid: 'r1', seq: 0, type: 'tokens', text: 'Once', n: 1 });
   });
 
-  it('batches later text until the flusher runs', async () => {
+  it('batches later text until the flusher runs', () => {
     const s = open();
     s.push('Once', 1);
     s.push(' upon', 1);
     s.push(' a', 1);
     s.push(' time', 2);
     expect(writer.events).to.have.length(1);
-    await answered();
     flusher.flushAll();
     expect(writer.events).to.deep.equal([
       { rid: 'r1', seq: 0, type: 'tokens', text: 'Once', n: 1 },
@@ -121,12 +117,11 @@ describe('RequestStream and Flusher', () => {
     expect(writer.events).to.have.length(3);
   });
 
-  it('carries tokens whose text is not yet complete', async () => {
+  it('carries tokens whose text is not yet complete', () => {
     // A token that ends inside a UTF-8 character arrives as empty text with a count.
     const s = open();
     s.push('', 1);
     s.push('é', 1);
-    await answered();
     flusher.flushAll();
     const tokens = writer.events.filter((e) => e.type === 'tokens');
     expect(tokens.map((e) => (e.type === 'tokens' ? e.text : '')).join('')).to.equal('é');
@@ -213,7 +208,7 @@ describe('RequestStream and Flusher', () => {
     expect(writer.events).to.deep.equal([{ rid: 'r1', seq: 0, type: 'tokens', text: 'a', n: 1 }]);
   });
 
-  it('discard() of one request leaves others flushing', async () => {
+  it('discard() of one request leaves others flushing', () => {
     const a = open('ra');
     const b = open('rb');
     a.push('a0', 1);
@@ -221,7 +216,6 @@ describe('RequestStream and Flusher', () => {
     a.push('a1', 1);
     b.push('b1', 1);
     a.discard();
-    await answered();
     flusher.flushAll();
     expect(writer.events.map((e) => `${e.rid}:${e.seq}`)).to.deep.equal(['ra:0', 'rb:0', 'rb:1']);
   });
@@ -232,70 +226,6 @@ describe('RequestStream and Flusher', () => {
     s.push('b', 1);
     flusher.close();
     expect(writer.events).to.have.length(2);
-  });
-
-  it('holds later text while its previous event is unanswered, and sends it all with the answer', async () => {
-    const w = new RecordingWriter(false);
-    const s = open('r1', 32, w);
-    s.push('Once', 1);
-    s.push(' upon', 1);
-    flusher.flushAll();
-    s.push(' a', 1);
-    s.push(' time', 1);
-    flusher.flushAll();
-    await answered();
-    // A slow answer: one event so far, the rest waits for it.
-    expect(w.events).to.have.length(1);
-    w.emitted[0]!.ack.resolve(0);
-    await answered();
-    expect(w.events).to.deep.equal([
-      { rid: 'r1', seq: 0, type: 'tokens', text: 'Once', n: 1 },
-      { rid: 'r1', seq: 1, type: 'tokens', text: ' upon a time', n: 3 },
-    ]);
-    // Answered at once, text leaves at the next tick again.
-    w.emitted[1]!.ack.resolve(1);
-    await answered();
-    s.push('.', 1);
-    flusher.flushAll();
-    expect(w.events.at(-1)).to.deep.equal({ rid: 'r1', seq: 2, type: 'tokens', text: '.', n: 1 });
-  });
-
-  it('with adaptive batching off, every tick sends, answered or not', () => {
-    const fixed = new Flusher(3_600_000, false);
-    const w = new RecordingWriter(false);
-    const s = new RequestStream({
-      rid: 'r1',
-      gatewayId: 'gw-1',
-      token: 'tok',
-      ttlMs: 60_000,
-      retainMs: 60_000,
-      writer: w,
-      flusher: fixed,
-      maxBatchTokens: 32,
-    });
-    s.push('a', 1);
-    s.push('b', 1);
-    fixed.flushAll();
-    expect(w.events.map((e) => (e.type === 'tokens' ? e.text : e.type))).to.deep.equal(['a', 'b']);
-    s.discard();
-    fixed.close();
-  });
-
-  it('maxBatchTokens and the terminal event do not wait for an unanswered event', async () => {
-    const w = new RecordingWriter(false);
-    const s = open('r1', 3, w);
-    s.push('a', 1);
-    s.push('b', 1);
-    s.push('c', 1);
-    s.push('d', 1);
-    expect(w.events.map((e) => (e.type === 'tokens' ? e.text : e.type))).to.deep.equal(['a', 'bcd']);
-    s.push('e', 1);
-    flusher.flushAll();
-    const finished = s.done('stop', 1, 5);
-    expect(w.events.map((e) => (e.type === 'tokens' ? e.text : e.type))).to.deep.equal(['a', 'bcd', 'e', 'done']);
-    for (const [i, e] of w.emitted.entries()) e.ack.resolve(i);
-    await finished;
-    expect(w.events).to.have.length(4);
   });
 
   it('done() resolves only when the terminal event is acknowledged', async () => {
@@ -330,7 +260,6 @@ describe('RequestStream and Flusher', () => {
     s.push('Once', 1);
     writer.fence = true;
     s.push(' upon', 1);
-    await answered();
     flusher.flushAll();
     await s.settled();
     expect(s.fenced).to.equal(true);

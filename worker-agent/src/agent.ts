@@ -176,7 +176,7 @@ export class WorkerAgent extends EventEmitter {
     this.log = new TimedRequestLog(this.redis, this.keys, c.replyStreamMaxLen, this.metrics.redisLatency);
     this.cancellation = new Cancellation(this.redis, this.keys);
     this.workers = new WorkerRegistry(this.redis, this.keys);
-    this.flusher = new Flusher(c.flushIntervalMs, c.adaptiveBatching);
+    this.flusher = new Flusher(c.flushIntervalMs);
     this.events = new BatchingEventWriter(this.redis, this.keys, c.replyStreamMaxLen, this.metrics.redisLatency);
     for (const conn of [this.redis, this.sub]) conn.on('error', (err) => this.logger.debug({ err }, 'redis error'));
   }

@@ -56,10 +56,6 @@ export class RequestStream {
   lost = false;
   /** The number the next event must get (checked mode), or null (unchecked). */
   private nextSeq: number | null;
-  /** Events sent and not answered by Redis yet. */
-  private unanswered = 0;
-  /** A tick found an event unanswered: the buffered text leaves with its answer. */
-  private waiting = false;
 
   constructor(private readonly o: RequestStreamOptions) {
     this.nextSeq = o.seq ?? null;
@@ -95,34 +91,13 @@ export class RequestStream {
     return this.o.rid;
   }
 
-  /**
-   * Adds generated text. The first text leaves at once (time to first token);
-   * later text is batched: it leaves at the Flusher's next tick, or later
-   * while this stream's previous event is still unanswered (see `tick`).
-   */
+  /** Adds generated text. The first text leaves at once (time to first token); later text is batched. */
   push(text: string, tokens: number): void {
     if (this.ended) return;
     this.text += text;
     this.tokens += tokens;
     if (!this.sentFirst || this.tokens >= this.o.maxBatchTokens) this.flush();
     else this.o.flusher.mark(this);
-  }
-
-  /**
-   * The Flusher's tick: sends buffered text unless an event of this stream is
-   * still on its way, in which case the text waits for that answer and leaves
-   * with it (`send`). An idle relay answers in well under a tick, so nothing
-   * changes there; a saturated one answers late, and each event then carries
-   * more tokens, so the relay's work per token falls as its load rises
-   * instead of queueing one event per token. Returns false when it waited.
-   */
-  tick(): boolean {
-    if (this.unanswered > 0) {
-      this.waiting = true;
-      return false;
-    }
-    this.flush();
-    return true;
   }
 
   /** Sends buffered text now. */
@@ -202,7 +177,6 @@ export class RequestStream {
   private send(ev: ReplyEvent): void {
     const ttl = ev.type === 'tokens' ? this.o.ttlMs : this.o.retainMs;
     let p: Promise<void>;
-    this.unanswered++;
     const then = (seq: number) => {
       if (seq === FENCED && !this.fenced) {
         this.fenced = true;
@@ -232,13 +206,6 @@ export class RequestStream {
       this.failure ??= err;
     });
     this.last = p.catch(() => {});
-    void this.last.then(() => {
-      // Text that waited for this answer (see tick) leaves now.
-      if (--this.unanswered === 0 && this.waiting) {
-        this.waiting = false;
-        this.flush();
-      }
-    });
   }
 }
 
@@ -254,11 +221,7 @@ export class Flusher {
   private readonly dirty = new Set<RequestStream>();
   private timer: NodeJS.Timeout | null = null;
 
-  /** With `adaptive` off, every tick sends what is buffered, answered or not. */
-  constructor(
-    private readonly intervalMs: number,
-    private readonly adaptive = true,
-  ) {}
+  constructor(private readonly intervalMs: number) {}
 
   mark(s: RequestStream): void {
     this.dirty.add(s);
@@ -272,18 +235,11 @@ export class Flusher {
   flushAll(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    // A stream whose last event is unanswered keeps its text until the answer (RequestStream.tick).
-    for (const s of this.dirty) {
-      if (this.adaptive) s.tick();
-      else s.flush();
-    }
+    for (const s of this.dirty) s.flush();
     this.dirty.clear();
   }
 
   close(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    for (const s of this.dirty) s.flush();
-    this.dirty.clear();
+    this.flushAll();
   }
 }

@@ -130,14 +130,6 @@ const workerEnv = z.object({
   FLUSH_INTERVAL_MS: int(15, 0),
   /** Tokens that force a send before the interval ends. Default 32. */
   MAX_BATCH_TOKENS: int(32, 1),
-  /**
-   * `true`: a request's text waits while its previous event is unanswered by Redis, so events carry more
-   * tokens as the relay's load rises. `false`: every interval sends, whatever the load. Default true.
-   */
-  ADAPTIVE_BATCHING: z
-    .enum(['true', 'false', '1', '0'])
-    .default('true')
-    .transform((v) => v === 'true' || v === '1'),
   /** How long SIGTERM waits for in-flight requests. Default 30000 ms. */
   DRAIN_TIMEOUT_MS: int(30_000, 0),
   /** Approximate cap on each reply stream's length. Default 100000 entries. */
@@ -320,7 +312,6 @@ export interface WorkerConfig extends CommonConfig {
   claimPolicy: 'least-loaded' | 'fifo';
   flushIntervalMs: number;
   maxBatchTokens: number;
-  adaptiveBatching: boolean;
   drainTimeoutMs: number;
   replyStreamMaxLen: number;
   /** null: no HTTP server. */
@@ -403,7 +394,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     claimPolicy: e.CLAIM_POLICY,
     flushIntervalMs: e.FLUSH_INTERVAL_MS,
     maxBatchTokens: e.MAX_BATCH_TOKENS,
-    adaptiveBatching: e.ADAPTIVE_BATCHING,
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
     replyStreamMaxLen: e.REPLY_STREAM_MAXLEN,
     metrics: e.METRICS_PORT === 'off' ? null : { host: e.METRICS_HOST, port: e.METRICS_PORT },
