@@ -1,18 +1,9 @@
 import { expect } from 'chai';
 import { hostname } from 'node:os';
-import { ConfigError, contextSizeOf, loadGatewayConfig, loadWorkerConfig, parseDeployments, redisConfigOf } from '@llmux/shared';
+import { contextSizeOf, loadGatewayConfig, loadWorkerConfig, parseDeployments, redisConfigOf } from '@llmux/shared';
+import { configError } from '../helpers/config-error.js';
 
 /** Runs `fn`, which must throw a ConfigError, and returns its message. */
-function configError(fn: () => unknown): string {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  expect(thrown, 'expected a ConfigError').to.be.instanceOf(ConfigError);
-  return (thrown as ConfigError).message;
-}
 
 const llama = { name: 'stories', source: 'models/stories260K.gguf', engine: { type: 'llamacpp' } };
 const sim = { name: 'sim', engine: { type: 'sim' } };

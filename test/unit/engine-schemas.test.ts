@@ -1,18 +1,9 @@
 import { expect } from 'chai';
-import { ConfigError, createLogger, parseDeployments } from '@llmux/shared';
+import { createLogger, parseDeployments } from '@llmux/shared';
 import { createEngine, OpenAIEngine, VllmEngine } from '@llmux/worker-agent';
+import { configError } from '../helpers/config-error.js';
 
 /** The `openai` and `vllm` engine schemas, and what the factory builds from them. */
-
-function configError(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(ConfigError);
-    return (err as Error).message;
-  }
-  return expect.fail('expected a ConfigError');
-}
 
 const one = (m: Record<string, unknown>) => parseDeployments({ models: [{ name: 'm', ...m }] }).models[0]!;
 const factoryOpts = { modelsDir: 'models', hfEndpoint: 'https://huggingface.co', logger: createLogger('test', 'silent') };

@@ -2,17 +2,8 @@ import { expect } from 'chai';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, describeRedis, loadGatewayConfig, loadWorkerConfig, redisEnvOf, redisMode } from '@llmux/shared';
-
-function configError(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(ConfigError);
-    return (err as Error).message;
-  }
-  throw new Error('expected a ConfigError');
-}
+import { describeRedis, loadGatewayConfig, loadWorkerConfig, redisEnvOf, redisMode } from '@llmux/shared';
+import { configError } from '../helpers/config-error.js';
 
 describe('environment: Redis sentinel, cluster, credentials and TLS', () => {
   let dir: string;
