@@ -33,7 +33,7 @@ import { EmbeddedRedis } from '@llmux/controller';
 import { measure, summarize, type Sample, type Summary } from '@llmux/load-tests';
 import { createRedis, DeploymentRegistry, freePort, Keys, parseDeployments, RequestQueue, type JobParams } from '@llmux/shared';
 import { LlamaCppEngine } from '@llmux/worker-agent';
-import { entryOf } from '../helpers/processes.js';
+import { entryOf, onPath } from '../helpers/processes.js';
 import { SIM_SERVER_MAIN } from '../helpers/sim-server.js';
 import { ROOT, testModel } from '../helpers/models.js';
 
@@ -157,14 +157,6 @@ function commandOutput(cmd: string, args: string[]): string | null {
   const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   if (r.error) return null;
   return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
-}
-function onPath(bin: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : onPath('nginx') ? 'nginx' : null;
@@ -962,24 +954,15 @@ async function partEngine(): Promise<EngineRow[]> {
     await lanes(ENGINE_CAPACITY(), QUICK ? 500 : 1000, sysOne);
     for (const c of ENGINE_LEVELS) {
       // Alternating slices (raw, system, system, raw, ...), so drifting load from other work on the machine hits both alike.
-      const acc = {
-        raw: {
-          requests: 0,
-          tokens: 0,
-          seconds: 0,
-          errors: {} as Record<string, number>,
-          ttft: [] as number[],
-          e2e: [] as number[],
-        },
-        system: {
-          requests: 0,
-          tokens: 0,
-          seconds: 0,
-          errors: {} as Record<string, number>,
-          ttft: [] as number[],
-          e2e: [] as number[],
-        },
-      };
+      const empty = () => ({
+        requests: 0,
+        tokens: 0,
+        seconds: 0,
+        errors: {} as Record<string, number>,
+        ttft: [] as number[],
+        e2e: [] as number[],
+      });
+      const acc = { raw: empty(), system: empty() };
       log(
         `engine: ${c} concurrent, raw and system alternating, ${ENGINE_ROUNDS} x ${(ENGINE_SECONDS / ENGINE_ROUNDS).toFixed(1)} s each`,
       );

@@ -1,4 +1,4 @@
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { deferred } from '@llmux/shared';
@@ -122,5 +122,25 @@ export class TestProcess {
     const t = setTimeout(() => this.child.kill('SIGKILL'), ms);
     await this.exited;
     clearTimeout(t);
+  }
+}
+
+/** Whether `bin` is a command on the PATH. */
+export function onPath(bin: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a process with this pid exists (one we may not signal counts too). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

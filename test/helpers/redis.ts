@@ -1,9 +1,10 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, redisAnswers } from '@llmux/controller';
+import { onPath } from './processes.js';
 
 export interface TestRedisOptions {
   /**
@@ -41,15 +42,6 @@ export interface TestRedis {
   restart(opts?: RestartOptions): Promise<void>;
   /** Whether this server keeps its data across restarts (`appendOnly`). */
   readonly appendOnly: boolean;
-}
-
-function onPath(bin: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A redis-server this helper started itself, on a fixed port (for restarts). */

@@ -30,6 +30,7 @@ export function vllmOnSimServer() {
 export type SimEvent = { event: string; id?: string; state?: string; finish?: string; tokens?: number };
 
 export { rejection, story } from './engines.js';
+export { alive } from './processes.js';
 
 /**
  * A real sim-server child process, started with `--log-requests` so a test
@@ -106,15 +107,5 @@ export class SimServerProcess {
     const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
     await this.exited;
     clearTimeout(t);
-  }
-}
-
-/** Whether a process with this pid exists. */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

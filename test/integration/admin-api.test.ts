@@ -9,6 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { pino } from 'pino';
+import { makeCerts, type TestCerts } from '../helpers/tls.js';
 import {
   ConfigError,
   InvalidRequestError,
@@ -649,7 +650,7 @@ describe('admin API and llmctl', function () {
   });
 
   describe('TLS', () => {
-    let dir: string;
+    let certs: TestCerts;
     before(async () => {
       // openssl is on Debian by default; without it this suite must fail, not skip.
       try {
@@ -659,32 +660,16 @@ describe('admin API and llmctl', function () {
           'openssl is not on PATH: the TLS test needs it to make a self-signed certificate (apt-get install openssl)',
         );
       }
-      dir = await mkdtemp(join(tmpdir(), 'llmux-admin-tls-'));
-      await execFileP('openssl', [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=localhost',
-        '-addext',
-        'subjectAltName=DNS:localhost,IP:127.0.0.1',
-        '-keyout',
-        join(dir, 'key.pem'),
-        '-out',
-        join(dir, 'cert.pem'),
-      ]);
+      certs = await makeCerts();
     });
     after(async () => {
-      if (dir) await rm(dir, { recursive: true, force: true });
+      if (certs) await rm(certs.dir, { recursive: true, force: true });
     });
 
     it('serves a call over TLS with a token, and llmctl --ca reaches it', async () => {
-      const cert = await readFile(join(dir, 'cert.pem'));
-      const key = await readFile(join(dir, 'key.pem'));
+      const cert = await readFile(certs.serverCert);
+      const key = await readFile(certs.serverKey);
+      const ca = await readFile(certs.ca);
       const tlsServer = await startAdminServer(api, {
         host: '127.0.0.1',
         port: 0,
@@ -694,13 +679,13 @@ describe('admin API and llmctl', function () {
       });
       extra.push(tlsServer);
       // By name: the certificate holds DNS:localhost and IP:127.0.0.1 (llmctl below uses the IP).
-      const tlsClient = new AdminClient({ address: `localhost:${tlsServer.port}`, token: 't', tls: { ca: cert } });
+      const tlsClient = new AdminClient({ address: `localhost:${tlsServer.port}`, token: 't', tls: { ca } });
       const plain = new AdminClient({ address: tlsServer.address, token: 't', timeoutMs: 5000 });
       extra.push(tlsClient, plain);
       expect(await tlsClient.listScale()).to.deep.equal(api.scales);
       expect((await callError(plain.listScale())).code).to.equal(Status.UNAVAILABLE);
 
-      const r = await llmctl(['leader', '--json', '--ca', join(dir, 'cert.pem')], {
+      const r = await llmctl(['leader', '--json', '--ca', certs.ca], {
         env: { LLMUX_ADMIN_ADDRESS: tlsServer.address, LLMUX_ADMIN_TOKEN: 't' },
       });
       expect(r.stderr).to.equal('');

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { freePort } from '@llmux/controller';
-import { entryOf, TestProcess } from '../helpers/processes.js';
+import { alive, entryOf, TestProcess } from '../helpers/processes.js';
 import { testModel } from '../helpers/models.js';
 import { parseSse, streamedText } from '../helpers/http.js';
 
@@ -22,15 +22,6 @@ function childrenOf(pid: number): number[] {
     }
   }
   return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -6,22 +6,13 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { freePort, type ProcessInfo } from '@llmux/controller';
-import { entryOf, TestProcess, type LogLine } from '../helpers/processes.js';
+import { alive, entryOf, TestProcess, type LogLine } from '../helpers/processes.js';
 import { parseSse, streamedText } from '../helpers/http.js';
 import { parseMetrics } from '../helpers/metrics.js';
 import { openStream } from '../helpers/streams.js';
 
 const run = promisify(execFile);
 const CLI = entryOf('@llmux/controller').replace(/main\.js$/, 'cli/main.js');
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Rejects with `what` if `p` has not settled within `ms`: a hang fails the test instead of its timeout. */
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
